@@ -1,0 +1,32 @@
+"""gunicorn settings, all derived from the node's config (config/app.yaml, IMSERVER_*).
+
+Started by `python -m imserver`; `gunicorn -c gunicorn.conf.py` works the same.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from imserver.config import ConfigError, load_config  # noqa: E402
+from imserver.logsetup import ACCESS_FORMAT, logging_dict  # noqa: E402
+
+try:
+    _cfg = load_config()
+except ConfigError as exc:
+    print(f"imserver: config error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+wsgi_app = "imserver.web:create_app()"
+worker_class = "imserver.worker.WebSocketWorker"
+bind = [f"{_cfg['app.host']}:{_cfg['app.httpPort']}", f"{_cfg['app.host']}:{_cfg['app.webSocketPort']}"]
+workers = _cfg["app.workers"]
+worker_connections = _cfg["app.workerConnections"]
+backlog = 4096
+keepalive = 5
+timeout = 30
+graceful_timeout = 15
+proc_name = "imserver"
+control_socket_disable = True  # several nodes may run on one machine
+logconfig_dict = logging_dict(_cfg)
+access_log_format = ACCESS_FORMAT
+loglevel = _cfg["app.logLevel"]

@@ -1,0 +1,107 @@
+"""The two contracts the node needs from a cluster, after Centrifugo's engines:
+
+* a PresenceStore keeps who is online where, the live nodes, and ``msgID``s already
+  delivered; its records follow PROTOCOL.md ("Cluster store") so that every
+  implementation shares one meaning of "online";
+* a Relay carries deliveries to other nodes.
+
+The memory implementations make a cluster of one node (the embedded default); the
+Redis store and the gRPC relay make a real cluster. Nothing outside this package
+knows which one runs.
+"""
+import abc
+import time
+from typing import Optional
+
+ONLINE_FRESH_SECONDS = 180  # a record whose heartbeat is older is offline; a node report too
+USER_RECORD_TTL = 24 * 3600
+MSG_ID_TTL = 12 * 3600
+
+
+class StoreError(Exception):
+    """The store could not answer (down, timed out); callers answer 1004."""
+
+
+class RelayError(Exception):
+    """A peer could not be reached in time."""
+
+
+def user_record(node_ip: str, rpc_port: int, app_id: int, user_id: str, client_ip: str,
+                client_port: int, login_time: float, heartbeat_time: float,
+                logout_time: float = 0, is_logoff: bool = False) -> dict:
+    """The online record of one user, with the original system's field names."""
+    return {"accIp": node_ip, "accPort": str(rpc_port), "appID": app_id, "userID": user_id,
+            "clientIp": client_ip, "clientPort": str(client_port),
+            "loginTime": int(login_time), "heartbeatTime": int(heartbeat_time),
+            "logOutTime": int(logout_time), "qua": "", "deviceInfo": "", "isLogoff": is_logoff}
+
+
+def record_is_online(record: Optional[dict], now: Optional[float] = None) -> bool:
+    if not record or record.get("isLogoff"):
+        return False
+    now = time.time() if now is None else now
+    return now - float(record.get("heartbeatTime") or 0) < ONLINE_FRESH_SECONDS
+
+
+class PresenceStore(abc.ABC):
+    """Who is online, which nodes are alive, which msgIDs were used. Every method may
+    raise StoreError; none blocks longer than the store's own timeout."""
+
+    @abc.abstractmethod
+    def set_user(self, record: dict) -> None:
+        """Write a user's record (at login, heartbeat and logout); it expires after
+        USER_RECORD_TTL."""
+
+    @abc.abstractmethod
+    def get_user(self, app_id: int, user_id: str) -> Optional[dict]:
+        """The user's record, or None when there is none."""
+
+    @abc.abstractmethod
+    def claim_msg_id(self, msg_id: str) -> bool:
+        """Atomically remember ``msg_id`` for MSG_ID_TTL; True only for the first claim."""
+
+    @abc.abstractmethod
+    def release_msg_id(self, msg_id: str) -> None:
+        """Forget a claim whose delivery failed, so that a retry can deliver."""
+
+    @abc.abstractmethod
+    def report_node(self, addr: str) -> None:
+        """Mark node ``addr`` ("ip:rpcPort") alive now."""
+
+    @abc.abstractmethod
+    def remove_node(self, addr: str) -> None:
+        """Take node ``addr`` out of the live set (clean stop)."""
+
+    @abc.abstractmethod
+    def live_nodes(self) -> "list[str]":
+        """Addresses of nodes whose last report is under ONLINE_FRESH_SECONDS old."""
+
+    def prune(self) -> None:
+        """Drop expired entries; for stores that do not expire them by themselves."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class Relay(abc.ABC):
+    """Deliveries to other nodes. ``peers`` are "ip:rpcPort" addresses; the caller
+    leaves its own address out."""
+
+    @abc.abstractmethod
+    def send_to_user(self, peer: str, app_id: int, user_id: str, seq: str, cmd: str,
+                     msg_type: str, msg: str) -> bool:
+        """Ask ``peer`` to push a frame to its local user; True if it was delivered.
+        Raises RelayError when the peer cannot be reached in time."""
+
+    @abc.abstractmethod
+    def broadcast(self, peers: "list[str]", app_id: int, sender: str, seq: str, cmd: str,
+                  msg_type: str, msg: str) -> "list[str]":
+        """Ask every peer, in parallel, to push to its users of ``app_id`` except
+        ``sender``. Returns the peers that failed."""
+
+    @abc.abstractmethod
+    def user_lists(self, peers: "list[str]", app_id: int) -> "tuple[list[str], list[str]]":
+        """Users of ``app_id`` on the peers, asked in parallel: (user IDs, failed peers)."""
+
+    def close(self) -> None:
+        """Close channels."""

@@ -1,0 +1,77 @@
+"""In-process implementations: a cluster of one node, with no other service."""
+import time
+from collections import OrderedDict
+from typing import Optional
+
+from .base import MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay
+
+MAX_MSG_IDS = 1_000_000  # bound on remembered msgIDs; the oldest are forgotten first
+
+
+class MemoryPresenceStore(PresenceStore):
+    def __init__(self, clock=time.time):
+        self._clock = clock
+        self._users: "dict[str, tuple[float, dict]]" = {}
+        self._msg_ids: "OrderedDict[str, float]" = OrderedDict()
+        self._nodes: "dict[str, float]" = {}
+
+    def set_user(self, record: dict) -> None:
+        key = f"{record['appID']}_{record['userID']}"
+        if record.get("isLogoff"):
+            # Offline and absent mean the same; dropping it keeps memory bounded.
+            self._users.pop(key, None)
+        else:
+            self._users[key] = (self._clock() + USER_RECORD_TTL, dict(record))
+
+    def get_user(self, app_id: int, user_id: str) -> Optional[dict]:
+        entry = self._users.get(f"{app_id}_{user_id}")
+        if entry is None or entry[0] <= self._clock():
+            return None
+        return dict(entry[1])
+
+    def claim_msg_id(self, msg_id: str) -> bool:
+        now = self._clock()
+        expiry = self._msg_ids.get(msg_id)
+        if expiry is not None and expiry > now:
+            return False
+        self._msg_ids[msg_id] = now + MSG_ID_TTL
+        self._msg_ids.move_to_end(msg_id)
+        while len(self._msg_ids) > MAX_MSG_IDS:
+            self._msg_ids.popitem(last=False)
+        return True
+
+    def release_msg_id(self, msg_id: str) -> None:
+        self._msg_ids.pop(msg_id, None)
+
+    def report_node(self, addr: str) -> None:
+        self._nodes[addr] = self._clock()
+
+    def remove_node(self, addr: str) -> None:
+        self._nodes.pop(addr, None)
+
+    def live_nodes(self) -> "list[str]":
+        now = self._clock()
+        return [a for a, t in self._nodes.items() if now - t < ONLINE_FRESH_SECONDS]
+
+    def prune(self) -> None:
+        now = self._clock()
+        while self._msg_ids:
+            msg_id, expiry = next(iter(self._msg_ids.items()))
+            if expiry > now:
+                break
+            del self._msg_ids[msg_id]
+        for key in [k for k, (exp, _) in self._users.items() if exp <= now]:
+            del self._users[key]
+
+
+class NoPeersRelay(Relay):
+    """The relay of a node that has no peers: there is never anyone to relay to."""
+
+    def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg) -> bool:
+        return False
+
+    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg) -> "list[str]":
+        return list(peers)
+
+    def user_lists(self, peers, app_id):
+        return [], list(peers)

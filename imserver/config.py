@@ -1,0 +1,191 @@
+"""Configuration: defaults in code, then ``config/app.yaml``, then environment variables.
+
+Every key has a default, so the file is optional. Keys keep the original system's
+names (``app.httpPort``, ``redis.addr`` ...). An environment variable
+``IMSERVER_<SECTION>_<KEY>`` (upper case, e.g. ``IMSERVER_APP_HTTPPORT=8081``,
+``IMSERVER_REDIS_ADDR=127.0.0.1:6379``) overrides a key; its value is read as YAML,
+so ``IMSERVER_APP_APPIDS="[101, 102]"`` gives a list. ``IMSERVER_CONFIG`` names the file.
+
+The result is a flat dict keyed by dotted names: ``cfg["app.httpPort"]``.
+"""
+import os
+from typing import Any, Callable, Mapping, Optional
+
+import yaml
+
+DEFAULT_PATH = os.path.join("config", "app.yaml")
+ENV_PREFIX = "IMSERVER_"
+CONFIG_ENV = "IMSERVER_CONFIG"
+
+
+class ConfigError(Exception):
+    """A bad config value; the message is one line naming the key and the fix."""
+
+
+def _port(v):
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+        raise ValueError("must be a port number from 1 to 65535")
+    return v
+
+
+def _int_at_least(low):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"must be a whole number >= {low}")
+        return v
+    return check
+
+
+def _seconds(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ValueError("must be a number of seconds > 0")
+    return float(v)
+
+
+def _str(v):
+    if v is None:
+        return ""
+    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+        raise ValueError("must be a string")
+    return str(v)
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _level(v):
+    levels = ("debug", "info", "warning", "error", "critical")
+    if not isinstance(v, str) or v.lower() not in levels:
+        raise ValueError("must be one of " + ", ".join(levels))
+    return v.lower()
+
+
+def _app_ids(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if (not isinstance(v, list) or not v
+            or any(isinstance(x, bool) or not isinstance(x, int) or not 0 < x < 2**32 for x in v)):
+        raise ValueError("must be a non-empty list of positive whole numbers, e.g. [101, 102]")
+    return tuple(v)
+
+
+# key -> (default, validator); the order is the order of the reference in docs/CONFIG.md
+SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
+    "app.logFile": ("", _str),
+    "app.logLevel": ("info", _level),
+    "app.accessLog": (True, _bool),
+    "app.host": ("0.0.0.0", _str),
+    "app.httpPort": (8080, _port),
+    "app.webSocketPort": (8089, _port),
+    "app.rpcPort": (9001, _port),
+    "app.httpUrl": ("", _str),
+    "app.webSocketUrl": ("", _str),
+    "app.workers": (1, _int_at_least(1)),
+    "app.workerConnections": (10000, _int_at_least(1)),
+    "app.appIDs": ((101, 102, 103, 104), _app_ids),
+    "app.maxUserIDLength": (64, _int_at_least(1)),
+    "app.maxFrameBytes": (65536, _int_at_least(128)),
+    "app.heartbeatTimeout": (360.0, _seconds),
+    "app.sweepInterval": (30.0, _seconds),
+    "app.clientHeartbeatInterval": (30, _int_at_least(1)),
+    "app.presenceMaxRoom": (1000, _int_at_least(0)),
+    "app.sendQueueBytes": (1 << 20, _int_at_least(1024)),
+    "app.writeTimeout": (10.0, _seconds),
+    "redis.addr": ("", _str),
+    "redis.password": ("", _str),
+    "redis.DB": (0, _int_at_least(0)),
+    "redis.poolSize": (10, _int_at_least(1)),
+    "redis.minIdleConns": (2, _int_at_least(0)),
+}
+
+_BY_FOLDED = {k.lower(): k for k in SCHEMA}
+
+
+def _flatten(doc: Mapping, source: str) -> "dict[str, Any]":
+    flat = {}
+    for section, body in doc.items():
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys")
+        for key, value in body.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _env_values(env: Mapping[str, str]) -> "dict[str, tuple[Any, str]]":
+    found = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].partition("_")
+        if section.lower() not in ("app", "redis"):
+            continue  # another tool's IMSERVER_* variable
+        dotted = _BY_FOLDED.get(f"{section}.{key}".lower())
+        if dotted is None:
+            raise ConfigError(f"environment variable {name}: no such config key; "
+                              f"known keys: {', '.join(SCHEMA)}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        found[dotted] = (value, f"environment variable {name}")
+    return found
+
+
+def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                overrides: Optional[Mapping[str, Any]] = None) -> "dict[str, Any]":
+    """Defaults, then the YAML file, then ``IMSERVER_*`` variables, then ``overrides``.
+
+    ``path`` defaults to $IMSERVER_CONFIG, else ``config/app.yaml`` when it exists.
+    Raises ConfigError with a one-line message naming the key.
+    """
+    env = os.environ if env is None else env
+    explicit = path or env.get(CONFIG_ENV)
+    path = explicit or DEFAULT_PATH
+    values: "dict[str, tuple[Any, str]]" = {}
+    if explicit or os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" line {where.line + 1}" if where else ""
+            raise ConfigError(f"config file {path}{line}: not valid YAML") from None
+        if not isinstance(doc, Mapping):
+            raise ConfigError(f"config file {path}: must be a mapping of sections (app:, redis:)")
+        for key, value in _flatten(doc, f"config file {path}").items():
+            dotted = key if key in SCHEMA else _BY_FOLDED.get(key.lower())
+            if dotted is None:
+                raise ConfigError(f"config file {path}: unknown key {key}; "
+                                  f"known keys: {', '.join(SCHEMA)}")
+            values[dotted] = (value, f"config file {path}")
+    values.update(_env_values(env))
+    for key, value in (overrides or {}).items():
+        if key not in SCHEMA:
+            raise ConfigError(f"overrides: unknown key {key}")
+        values[key] = (value, "overrides")
+
+    cfg = {}
+    for key, (default, check) in SCHEMA.items():
+        if key not in values:
+            cfg[key] = default
+            continue
+        value, source = values[key]
+        try:
+            cfg[key] = check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key} {exc}, got {value!r} (from {source})") from None
+    ports = [cfg["app.httpPort"], cfg["app.webSocketPort"]]
+    if cfg["redis.addr"]:
+        ports.append(cfg["app.rpcPort"])
+    if len(set(ports)) != len(ports):
+        raise ConfigError("app.httpPort, app.webSocketPort and app.rpcPort must differ, "
+                          f"got {ports}")
+    if cfg["app.workers"] > 1 and not cfg["redis.addr"]:
+        raise ConfigError("app.workers > 1 needs cluster mode (set redis.addr): in the embedded "
+                          "mode each worker would be a separate node that no other knows")
+    return cfg

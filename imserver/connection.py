@@ -1,0 +1,250 @@
+"""One WebSocket connection: its reader loop, its non-blocking send path and its close.
+
+The handler greenlet that gevent-websocket hands us is the reader. Sending never
+blocks the sender: a frame goes straight to the socket when the socket takes it
+whole, and only what does not fit is queued for a writer greenlet, which exists only
+while there is a backlog. The backlog is bounded in bytes; a client that does not
+read is disconnected as a slow consumer instead of growing the node's memory.
+"""
+import logging
+import socket
+import time
+from collections import deque
+
+import gevent
+
+from .protocol import frames
+from .protocol.frames import FrameError
+
+log = logging.getLogger("imserver.connection")
+
+CLOSE_TIMEOUT = 5.0  # how long a closing peer may take to answer our close frame
+
+# Application close codes (4000-4999 are free for applications in RFC 6455).
+CLOSE_REPLACED = 4000  # the same user logged in on another connection
+CLOSE_HEARTBEAT_TIMEOUT = 4001
+CLOSE_SLOW_CONSUMER = 4002
+
+
+class Connection:
+    """State of one client socket. ``user_id``/``app_id`` are set by a successful login."""
+
+    __slots__ = ("id", "ws", "sock", "_raw_send", "_read", "addr", "port", "app_id", "user_id",
+                 "connect_time", "login_time", "heartbeat_time", "closed", "closing",
+                 "_backlog", "_backlog_bytes", "_writer", "_max_backlog", "_write_timeout",
+                 "_max_frame", "__weakref__")
+
+    _next_id = 0
+
+    def __init__(self, ws, max_frame_bytes: int, max_backlog_bytes: int, write_timeout: float):
+        Connection._next_id += 1
+        self.id = Connection._next_id
+        self.ws = ws
+        handler = ws.stream.handler
+        self.sock = handler.socket
+        # The OS-level socket: its send() never yields, so a write that fits goes out at once.
+        self._raw_send = self.sock._sock.send
+        self._read = handler.rfile.read
+        addr = handler.client_address
+        if isinstance(addr, tuple):
+            self.addr, self.port = addr[0], addr[1]
+        else:
+            self.addr, self.port = str(addr or ""), 0
+        self.app_id = 0
+        self.user_id = ""
+        now = time.time()
+        self.connect_time = now
+        self.login_time = 0.0
+        self.heartbeat_time = now  # before login the connect time counts, as the protocol says
+        self.closed = False  # no more writes
+        self.closing = False  # our close frame is queued
+        self._backlog = None  # deque of bytes not yet written, when there is a backlog
+        self._backlog_bytes = 0
+        self._writer = None
+        self._max_backlog = max_backlog_bytes
+        self._write_timeout = write_timeout
+        self._max_frame = max_frame_bytes
+
+    @property
+    def user_key(self) -> str:
+        return f"{self.app_id}_{self.user_id}" if self.user_id else ""
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog_bytes
+
+    @property
+    def has_writer(self) -> bool:
+        return self._writer is not None
+
+    def __repr__(self):
+        return f"<Connection {self.id} {self.addr}:{self.port} {self.user_key or '-'}>"
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> bool:
+        """Queue a complete WebSocket frame; never blocks. False if the connection is gone."""
+        if self.closing or self.closed:
+            return False
+        return self._write(frame)
+
+    def _write(self, frame: bytes) -> bool:
+        if self._backlog is not None:
+            if self._backlog_bytes + len(frame) > self._max_backlog:
+                log.info("%r: send backlog over %d bytes, disconnecting slow consumer",
+                         self, self._max_backlog)
+                self.abort()
+                return False
+            self._backlog.append(frame)
+            self._backlog_bytes += len(frame)
+            return True
+        try:
+            sent = self._raw_send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return False
+        if sent < len(frame):
+            rest = frame[sent:]
+            self._backlog = deque((rest,))
+            self._backlog_bytes = len(rest)
+            self._writer = gevent.spawn(self._drain)
+        return True
+
+    def _drain(self):
+        """Writer greenlet: writes the backlog out, then ends."""
+        backlog = self._backlog
+        try:
+            while backlog:
+                chunk = backlog[0]
+                with gevent.Timeout(self._write_timeout, False):
+                    self.sock.sendall(chunk)
+                    backlog.popleft()
+                    self._backlog_bytes -= len(chunk)
+                    continue
+                log.info("%r: write timed out after %.1fs", self, self._write_timeout)
+                self.abort()
+                return
+        except OSError:
+            self.abort()
+            return
+        finally:
+            self._writer = None
+        self._backlog = None
+        self._backlog_bytes = 0
+        if self.closing:
+            self._shutdown_write()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Send a close frame after what is already queued; the reader ends when the peer
+        answers, or the socket is shut down after CLOSE_TIMEOUT."""
+        if self.closing or self.closed:
+            return
+        self.closing = True
+        self._write(frames.close_frame(code, reason))
+        if self._backlog is None:
+            self._shutdown_write()
+        gevent.spawn_later(CLOSE_TIMEOUT, self.abort)
+
+    def _shutdown_write(self):
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        """Stop all I/O now: the reader sees end of stream, the writer fails and ends."""
+        if self.closed:
+            return
+        self.closed = True
+        self.closing = True
+        self._backlog = None
+        self._backlog_bytes = 0
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def discard_input(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """After failing the connection: read and drop what the peer still sends until it
+        closes, so that closing our socket does not reset the close frame away."""
+        with gevent.Timeout(timeout, False):
+            try:
+                while self.sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read_message(self):
+        """Block until a whole data message arrives: (opcode, payload bytes).
+
+        Returns None at end of stream or after the peer's close frame. Answers pings.
+        Raises FrameError when the peer breaks the framing rules or a message is
+        larger than the limit (checked before the payload is read).
+        """
+        read = self._read
+        max_frame = self._max_frame
+        parts = []
+        size = 0
+        opcode = None
+        while True:
+            head = read(2)
+            if len(head) < 2:
+                return None
+            b0, b1 = head[0], head[1]
+            fin = b0 & 0x80
+            op = b0 & 0x0F
+            if b0 & 0x70:
+                raise FrameError(1002, "reserved bits set")
+            if not b1 & 0x80:
+                raise FrameError(1002, "client frames must be masked")
+            n = b1 & 0x7F
+            if n == 126:
+                ext = read(2)
+                if len(ext) < 2:
+                    return None
+                n = frames.unpack_h(ext)[0]
+            elif n == 127:
+                ext = read(8)
+                if len(ext) < 8:
+                    return None
+                n = frames.unpack_q(ext)[0]
+            if op in frames.CONTROL_OPCODES:
+                if n > 125 or not fin:
+                    raise FrameError(1002, "bad control frame")
+            elif op in frames.DATA_OPCODES:
+                if opcode is not None:
+                    raise FrameError(1002, "new message inside a fragmented one")
+            elif op == frames.OP_CONTINUATION:
+                if opcode is None:
+                    raise FrameError(1002, "continuation without a message")
+            else:
+                raise FrameError(1002, f"unknown opcode {op}")
+            if op not in frames.CONTROL_OPCODES and size + n > max_frame:
+                raise FrameError(1009, f"message larger than {max_frame} bytes")
+            mask = read(4)
+            payload = read(n) if n else b""
+            if len(mask) < 4 or len(payload) < n:
+                return None  # the peer vanished mid-frame
+            payload = frames.unmask(payload, mask)
+            if op == frames.OP_PING:
+                if not self.closing:
+                    self._write(frames.encode_frame(frames.OP_PONG, payload))
+                continue
+            if op == frames.OP_PONG:
+                continue
+            if op == frames.OP_CLOSE:
+                code, _ = frames.parse_close(payload)
+                if not self.closing:
+                    # Answer the close handshake, echoing a valid code.
+                    self.close(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1000)
+                return None
+            if opcode is None:
+                opcode = op
+            parts.append(payload)
+            size += n
+            if fin:
+                return opcode, (payload if len(parts) == 1 else b"".join(parts))

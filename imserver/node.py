@@ -1,0 +1,321 @@
+"""The node: one process's hub, its presence store and relay, its commands and its
+background work. Delivery always goes local first, then through the relay, so the
+embedded mode and the cluster run one code path."""
+import itertools
+import logging
+import socket
+import time
+from typing import Optional
+
+import gevent
+
+from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_online, user_record
+from .commands import CommandRegistry, commands as default_commands
+from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, Connection
+from .hub import Hub
+from .protocol import Code, ProtocolError, encode_push, encode_reply, parse_request
+from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE
+from .protocol.frames import OP_TEXT, FrameError, text_frame
+
+log = logging.getLogger("imserver.node")
+
+
+def resolve_advertise_ip(configured: str) -> str:
+    """The address peers use to reach this node: the configured one, else the machine's
+    first non-loopback IPv4 address, else 127.0.0.1."""
+    if configured:
+        return configured
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        ip = info[4][0]
+        if not ip.startswith("127."):
+            return ip
+    return "127.0.0.1"
+
+
+class Node:
+    def __init__(self, cfg: dict, store: PresenceStore, relay: Relay,
+                 advertise_ip: str, command_registry: CommandRegistry = default_commands):
+        self.cfg = cfg
+        self.store = store
+        self.relay = relay
+        self.hub = Hub()
+        self.commands = command_registry
+        self.ip = advertise_ip
+        self.rpc_port = cfg["app.rpcPort"]
+        self.addr = f"{advertise_ip}:{self.rpc_port}"
+        self.app_ids = frozenset(cfg["app.appIDs"])
+        self.max_user_id = cfg["app.maxUserIDLength"]
+        self.presence_max_room = cfg["app.presenceMaxRoom"]
+        self.started_at = time.time()
+        self._seq = itertools.count(1)
+        self._background = []
+        self.stopping = False
+
+    # -- life ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._background.append(gevent.spawn(self._sweep_forever))
+        try:
+            self.store.report_node(self.addr)
+        except StoreError as exc:
+            log.warning("could not register node %s: %s", self.addr, exc)
+
+    def stop(self, close_code: int = 1001, reason: str = "server going away") -> None:
+        """Leave the cluster and close every client (they reconnect elsewhere)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for g in self._background:
+            g.kill(block=False)
+        try:
+            self.store.remove_node(self.addr)
+        except StoreError as exc:
+            log.warning("could not unregister node %s: %s", self.addr, exc)
+        for conn in tuple(self.hub.connections.values()):
+            conn.close(close_code, reason)
+
+    def _sweep_forever(self):
+        interval = self.cfg["app.sweepInterval"]
+        while True:
+            gevent.sleep(interval)
+            try:
+                self.sweep(time.time())
+            except Exception:  # the sweeper must survive anything
+                log.exception("sweep failed")
+
+    def sweep(self, now: float) -> int:
+        """Close connections whose last heartbeat is older than the timeout."""
+        limit = now - self.cfg["app.heartbeatTimeout"]
+        closed = 0
+        for conn in tuple(self.hub.connections.values()):
+            if conn.heartbeat_time < limit and not conn.closing:
+                conn.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                closed += 1
+        if closed:
+            log.info("closed %d connections without a heartbeat for %.0fs",
+                     closed, self.cfg["app.heartbeatTimeout"])
+        self.store.prune()
+        return closed
+
+    # -- one connection ------------------------------------------------------------------
+
+    def serve(self, ws) -> None:
+        """Run one WebSocket connection to its end (in the request's greenlet)."""
+        conn = Connection(ws, self.cfg["app.maxFrameBytes"], self.cfg["app.sendQueueBytes"],
+                          self.cfg["app.writeTimeout"])
+        self.hub.add(conn)
+        if self.stopping:
+            conn.close(1001, "server going away")
+        try:
+            while True:
+                try:
+                    message = conn.read_message()
+                except FrameError as exc:
+                    log.info("%r: %s, closing with %d", conn, exc.reason, exc.close_code)
+                    conn.close(exc.close_code, exc.reason)
+                    conn.discard_input()
+                    break
+                if message is None:
+                    break
+                opcode, payload = message
+                if opcode == OP_TEXT:
+                    try:
+                        payload = payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        log.info("%r: text frame is not UTF-8, closing with 1007", conn)
+                        conn.close(1007, "text frame is not valid UTF-8")
+                        conn.discard_input()
+                        break
+                self.dispatch(conn, payload)
+        except OSError as exc:
+            log.debug("%r: socket error %s", conn, exc)
+        finally:
+            conn.abort()
+            try:
+                self._disconnected(conn)
+            finally:
+                ws.closed = True  # we did the close handshake; gevent-websocket must not
+
+    def dispatch(self, conn: Connection, payload) -> None:
+        try:
+            request = parse_request(payload)
+        except ProtocolError as exc:
+            conn.send(text_frame(encode_reply(exc.seq, exc.cmd, exc.code)))
+            return
+        handler = self.commands.get(request.cmd)
+        if handler is None:
+            code, data = Code.ROUTING_NOT_EXIST, None
+        else:
+            try:
+                code, data = handler(self, conn, request.data)
+            except Exception:
+                log.exception("%r: command %r failed", conn, request.cmd)
+                code, data = Code.SERVER_ERROR, None
+        conn.send(text_frame(encode_reply(request.seq, request.cmd, code, data)))
+
+    def valid_user_id(self, user_id) -> bool:
+        return isinstance(user_id, str) and 0 < len(user_id) <= self.max_user_id
+
+    def _record(self, conn: Connection, now: float, logoff: bool = False) -> dict:
+        return user_record(self.ip, self.rpc_port, conn.app_id, conn.user_id, conn.addr,
+                           conn.port, conn.login_time, now if not logoff else conn.heartbeat_time,
+                           logout_time=now if logoff else 0, is_logoff=logoff)
+
+    def login(self, conn: Connection, app_id: int, user_id: str) -> None:
+        """Bind the connection to the user; may raise StoreError (then nothing changed)."""
+        now = time.time()
+        record = user_record(self.ip, self.rpc_port, app_id, user_id, conn.addr, conn.port,
+                             now, now)
+        self.store.set_user(record)
+        old = self.hub.login(conn, app_id, user_id)
+        conn.login_time = conn.heartbeat_time = now
+        if old is not None:
+            log.info("%r replaces %r", conn, old)
+            old.close(CLOSE_REPLACED, "logged in elsewhere")
+        else:
+            self.announce(app_id, user_id, "enter", ENTER_MESSAGE)
+
+    def heartbeat(self, conn: Connection, now: float) -> None:
+        conn.heartbeat_time = now
+        try:
+            self.store.set_user(self._record(conn, now))
+        except StoreError as exc:
+            # The connection stays healthy; the record is written again at the next beat.
+            log.warning("%r: heartbeat not stored: %s", conn, exc)
+
+    def _disconnected(self, conn: Connection) -> None:
+        if not self.hub.remove(conn):
+            return
+        try:
+            self.store.set_user(self._record(conn, time.time(), logoff=True))
+        except StoreError as exc:
+            log.warning("%r: logout not stored: %s", conn, exc)
+        self.announce(conn.app_id, conn.user_id, "exit", EXIT_MESSAGE)
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def next_seq(self) -> str:
+        return f"{int(time.time() * 1000)}-{next(self._seq)}"
+
+    def announce(self, app_id: int, user_id: str, cmd: str, message: str) -> None:
+        """A presence event, while the room is small enough for N-squared deliveries."""
+        limit = self.presence_max_room
+        if limit and self.hub.room_size(app_id) <= limit:
+            self.push_to_room(app_id, user_id, self.next_seq(), cmd, "text", message)
+
+    def deliver_local(self, app_id: int, sender: str, frame: bytes) -> int:
+        """Write one encoded frame to every local member of the room but ``sender``."""
+        room = self.hub.rooms.get(app_id)
+        if not room:
+            return 0
+        delivered = 0
+        for user_id, conn in tuple(room.items()):
+            if user_id != sender and conn.send(frame):
+                delivered += 1
+        return delivered
+
+    def peers(self) -> "list[str]":
+        return [a for a in self.store.live_nodes() if a != self.addr]
+
+    def push_to_room(self, app_id: int, sender: str, seq: str, cmd: str, msg_type: str,
+                     message: str) -> int:
+        frame = text_frame(encode_push(seq, cmd, message, sender, msg_type))
+        delivered = self.deliver_local(app_id, sender, frame)
+        try:
+            peers = self.peers()
+        except StoreError as exc:
+            log.warning("room %d: peers unknown, delivered on this node only: %s", app_id, exc)
+            return delivered
+        if peers:
+            failed = self.relay.broadcast(peers, app_id, sender, seq, cmd, msg_type, message)
+            if failed:
+                log.warning("room %d: broadcast did not reach %s", app_id, ", ".join(failed))
+        return delivered
+
+    def push_to_user(self, app_id: int, user_id: str, seq: str, cmd: str, msg_type: str,
+                     message: str, sender: str) -> "tuple[bool, str]":
+        """Deliver to one user wherever they are: (delivered, reason when not)."""
+        conn = self.hub.user(app_id, user_id)
+        if conn is not None:
+            if conn.send(text_frame(encode_push(seq, cmd, message, sender, msg_type))):
+                return True, ""
+            return False, "user connection is closing"
+        record = self.store.get_user(app_id, user_id)
+        if not record_is_online(record):
+            return False, "user is not online"
+        peer = f"{record['accIp']}:{record['accPort']}"
+        if peer == self.addr:
+            return False, "user is not online"
+        try:
+            if self.relay.send_to_user(peer, app_id, user_id, seq, cmd, msg_type, message):
+                return True, ""
+        except RelayError as exc:
+            log.warning("send to %s_%s via %s failed: %s", app_id, user_id, peer, exc)
+            return False, f"node {peer} unreachable"
+        return False, "user is not online"
+
+    def user_list(self, app_id: int) -> "list[str]":
+        users = self.hub.user_ids(app_id)
+        try:
+            peers = self.peers()
+        except StoreError:
+            peers = []
+        if peers:
+            remote, failed = self.relay.user_lists(peers, app_id)
+            seen = set(users)
+            users.extend(u for u in remote if not (u in seen or seen.add(u)))
+        return users
+
+    def is_online(self, app_id: int, user_id: str) -> bool:
+        if self.hub.user(app_id, user_id) is not None:
+            return True
+        return record_is_online(self.store.get_user(app_id, user_id))
+
+    def claim_msg_id(self, msg_id: str) -> bool:
+        """True when ``msg_id`` is new (or empty: no deduplication); may raise StoreError."""
+        return not msg_id or self.store.claim_msg_id(msg_id)
+
+    def release_msg_id(self, msg_id: str) -> None:
+        if msg_id:
+            try:
+                self.store.release_msg_id(msg_id)
+            except StoreError as exc:
+                log.warning("msgID %s not released: %s", msg_id, exc)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state(self, debug: bool = False) -> dict:
+        conns = self.hub.connections
+        writers = backlog = 0
+        for conn in conns.values():
+            if conn.has_writer:
+                writers += 1
+                backlog += conn.backlog_bytes
+        rooms = {str(app_id): len(users) for app_id, users in self.hub.rooms.items()}
+        state = {
+            "node": self.addr,
+            "uptimeSeconds": int(time.time() - self.started_at),
+            "connections": len(conns),
+            "users": sum(rooms.values()),
+            "rooms": rooms,
+            # each connection has a reader greenlet; writers exist only while a backlog does
+            "greenlets": {"readers": len(conns), "writers": writers},
+            "sendQueue": {"connectionsWithBacklog": writers, "backlogBytes": backlog},
+            "managerInfo": {"clientsLen": len(conns), "usersLen": sum(rooms.values())},
+        }
+        if debug:
+            import gc
+            from greenlet import greenlet
+            state["greenlets"]["total"] = sum(1 for o in gc.get_objects()
+                                              if isinstance(o, greenlet))
+            state["connectionList"] = [
+                {"id": c.id, "addr": f"{c.addr}:{c.port}", "appID": c.app_id,
+                 "userID": c.user_id, "connectTime": int(c.connect_time),
+                 "heartbeatTime": int(c.heartbeat_time), "backlogBytes": c.backlog_bytes}
+                for c in conns.values()]
+            state["userKeys"] = [f"{a}_{u}" for a, users in self.hub.rooms.items() for u in users]
+        return state

@@ -1,0 +1,72 @@
+"""The JSON envelope of WebSocket frames: parsing requests, encoding replies and pushes.
+
+Pure functions, no I/O. Replies keep the key order of the original system
+(``seq``, ``cmd``, ``response{code, codeMsg, data}``) because some clients compare
+frames textually.
+"""
+import json
+from typing import Any, NamedTuple
+
+from .codes import Code
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+
+class Request(NamedTuple):
+    seq: str
+    cmd: str
+    data: Any  # whatever the client sent under "data"; None when missing
+
+
+class ProtocolError(Exception):
+    """A request that cannot be dispatched; answered with ``code`` in the envelope."""
+
+    def __init__(self, code: Code, seq: str = "", cmd: str = "", detail: str = ""):
+        super().__init__(detail or code.message)
+        self.code = code
+        self.seq = seq
+        self.cmd = cmd
+
+
+def parse_request(payload: "str | bytes") -> Request:
+    """Parse one request frame. Raises ProtocolError(1001) for anything that is not
+    a JSON object with a string ``seq`` and a string ``cmd``."""
+    try:
+        obj = _loads(payload)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ProtocolError(Code.PARAMETER_ILLEGAL, detail=f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(Code.PARAMETER_ILLEGAL, detail="request must be a JSON object")
+    seq = obj.get("seq")
+    cmd = obj.get("cmd")
+    echo_seq = seq if isinstance(seq, str) else ""
+    echo_cmd = cmd if isinstance(cmd, str) else ""
+    if not isinstance(seq, str):
+        raise ProtocolError(Code.PARAMETER_ILLEGAL, echo_seq, echo_cmd, "seq must be a string")
+    if not isinstance(cmd, str) or not cmd:
+        raise ProtocolError(Code.PARAMETER_ILLEGAL, echo_seq, echo_cmd, "cmd must be a non-empty string")
+    return Request(seq, cmd, obj.get("data"))
+
+
+def fold_keys(data: dict) -> dict:
+    """Keys of ``data`` lower-cased: the protocol matches them without regard to case."""
+    return {k.lower() if isinstance(k, str) else k: v for k, v in data.items()}
+
+
+def encode_reply(seq: str, cmd: str, code: Code, data: Any = None) -> bytes:
+    return _dumps({"seq": seq, "cmd": cmd, "response": {
+        "code": int(code), "codeMsg": code.message, "data": data}}).encode()
+
+
+def encode_push(seq: str, cmd: str, msg: str, sender: str, msg_type: str = "text",
+                target: str = "") -> bytes:
+    """A server-initiated frame (``msg``, ``enter``, ``exit``); encoded once per message
+    however many connections receive it."""
+    return _dumps({"seq": seq, "cmd": cmd, "response": {
+        "code": 200, "codeMsg": "Ok",
+        "data": {"target": target, "type": msg_type, "msg": msg, "from": sender}}}).encode()
+
+
+ENTER_MESSAGE = "哈喽~"
+EXIT_MESSAGE = "用户已经离开~"

@@ -1,0 +1,4 @@
+"""Web layer: the Flask app factory and the blueprints."""
+from .app import create_app, get_node
+
+__all__ = ["create_app", "get_node"]

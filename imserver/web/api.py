@@ -1,0 +1,125 @@
+"""The HTTP API for back-end systems: who is online, and pushes to a user or a room."""
+from flask import Blueprint, Response, request
+
+from ..cluster import StoreError
+from ..protocol import Code
+from .app import get_node
+from .responses import add_cors, json_answer, params
+
+bp = Blueprint("api", __name__, url_prefix="/user")
+bp.after_request(add_cors)
+
+
+@bp.before_request
+def preflight():
+    if request.method == "OPTIONS":
+        return Response(status=204)  # CORS headers are added by add_cors
+
+
+class BadParameter(Exception):
+    def __init__(self, code: Code, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@bp.errorhandler(BadParameter)
+def bad_parameter(exc: BadParameter):
+    return json_answer(exc.code, None, exc.detail)
+
+
+@bp.errorhandler(StoreError)
+def store_error(exc: StoreError):
+    return json_answer(Code.SERVER_ERROR, None, f"cluster store unavailable: {exc}")
+
+
+def _app_id(p: dict, required: bool = True):
+    raw = p.get("appid")
+    if raw in (None, ""):
+        if required:
+            raise BadParameter(Code.PARAMETER_ILLEGAL, "appID is required")
+        return None
+    node = get_node()
+    try:
+        app_id = int(raw)
+    except (TypeError, ValueError):
+        raise BadParameter(Code.PARAMETER_ILLEGAL, f"appID must be a number, got {raw!r}") from None
+    if app_id not in node.app_ids:
+        raise BadParameter(Code.UNAUTHORIZED, "appID must be one of "
+                           + ", ".join(map(str, sorted(node.app_ids))))
+    return app_id
+
+
+def _text(p: dict, name: str, label: str, required: bool = True) -> str:
+    value = p.get(name.lower())
+    if value is None or value == "":
+        if required:
+            raise BadParameter(Code.PARAMETER_ILLEGAL, f"{label} is required")
+        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise BadParameter(Code.PARAMETER_ILLEGAL, f"{label} must be a string")
+    return str(value)
+
+
+def _user_id(p: dict, name="userID") -> str:
+    user_id = _text(p, name, name)
+    if not get_node().valid_user_id(user_id):
+        raise BadParameter(Code.UNAUTHORIZED_USER_ID,
+                           f"{name} must be 1 to {get_node().max_user_id} characters")
+    return user_id
+
+
+@bp.route("/list", methods=["GET", "POST", "OPTIONS"])
+def user_list():
+    p = params()
+    users = get_node().user_list(_app_id(p))
+    return json_answer(data={"userCount": len(users), "userList": users})
+
+
+@bp.route("/online", methods=["GET", "POST", "OPTIONS"])
+def online():
+    p = params()
+    user_id = _user_id(p)
+    app_id = _app_id(p, required=False)
+    node = get_node()
+    app_ids = [app_id] if app_id is not None else sorted(node.app_ids)
+    is_online = any(node.is_online(a, user_id) for a in app_ids)
+    return json_answer(data={"online": is_online, "userID": user_id})
+
+
+def _send_fields(p: dict):
+    msg_id = _text(p, "msgID", "msgID", required=False)
+    message = _text(p, "message", "message")
+    return msg_id, message
+
+
+@bp.route("/sendMessage", methods=["POST", "OPTIONS"])
+def send_message():
+    p = params()
+    app_id = _app_id(p)
+    user_id = _user_id(p)
+    msg_id, message = _send_fields(p)
+    sender = _text(p, "from", "from", required=False)
+    node = get_node()
+    if not node.claim_msg_id(msg_id):
+        return json_answer(data={"sendResults": False, "duplicate": True})
+    seq = msg_id or node.next_seq()
+    delivered, reason = node.push_to_user(app_id, user_id, seq, "msg", "text", message, sender)
+    if not delivered:
+        node.release_msg_id(msg_id)  # a later retry may still deliver it
+        return json_answer(data={"sendResults": False, "sendResultsErr": reason})
+    return json_answer(data={"sendResults": True})
+
+
+@bp.route("/sendMessageAll", methods=["POST", "OPTIONS"])
+def send_message_all():
+    p = params()
+    app_id = _app_id(p)
+    sender = _user_id(p)
+    msg_id, message = _send_fields(p)
+    node = get_node()
+    if not node.claim_msg_id(msg_id):
+        return json_answer(data={"sendResults": False, "duplicate": True})
+    seq = msg_id or node.next_seq()
+    node.push_to_room(app_id, sender, seq, "msg", "text", message)
+    return json_answer(data={"sendResults": True})

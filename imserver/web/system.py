@@ -1,0 +1,12 @@
+"""Node state for operators: ``/system/state``."""
+from flask import Blueprint, request
+
+from .app import get_node
+from .responses import json_answer, truthy
+
+bp = Blueprint("system", __name__)
+
+
+@bp.route("/system/state")
+def state():
+    return json_answer(data=get_node().state(debug=truthy(request.args.get("isDebug"))))

@@ -1,0 +1,846 @@
+/*
+ * imserver chat page.
+ *
+ * Plain JavaScript, no framework and no build step. The page logs in over the
+ * WebSocket endpoint /acc, keeps the connection alive with heartbeats, shows
+ * pushed messages and presence events, sends messages through the HTTP API
+ * (POST /user/sendMessageAll) and reconnects by itself with a capped,
+ * jittered exponential backoff. The wire contract is PROTOCOL.md.
+ *
+ * Every piece of text that a user chose (names, messages, server reasons) is
+ * put into the page with textContent, never parsed as HTML.
+ */
+(function () {
+  'use strict';
+
+  // ---------------------------------------------------------------- config
+
+  var DEFAULTS = {
+    appID: 101,
+    rooms: [101, 102, 103, 104],
+    wsUrl: '',
+    wsPort: 8089,
+    httpUrl: '',
+    basePath: '',
+    heartbeatInterval: 30,
+    presenceMaxRoom: 1000
+  };
+
+  var RECONNECT_BASE_MS = 1000;
+  var RECONNECT_MAX_MS = 30000;
+  var STABLE_AFTER_MS = 10000;      // a login that lasts this long resets the backoff
+  var CONNECT_TIMEOUT_MS = 10000;   // opening the socket
+  var REQUEST_TIMEOUT_MS = 10000;   // a reply to login / heartbeat, an HTTP answer
+  var LIST_POLL_MS = 30000;         // online list refresh when presence events are off
+  var MAX_MESSAGES = 500;           // kept in the page
+  var MAX_LISTED_USERS = 300;       // rendered in the sidebar
+  var MAX_NAME_CHARS = 20;
+
+  var CODES = {
+    OK: 200,
+    NOT_LOGGED_IN: 1000,
+    INVALID_USER_ID: 1002,
+    UNAUTHORIZED: 1003,
+    ALREADY_DONE: 1009
+  };
+
+  function readConfig() {
+    var cfg = {};
+    var key;
+    for (key in DEFAULTS) {
+      if (Object.prototype.hasOwnProperty.call(DEFAULTS, key)) cfg[key] = DEFAULTS[key];
+    }
+    var node = document.getElementById('config');
+    if (node) {
+      try {
+        var given = JSON.parse(node.textContent || '{}');
+        for (key in given) {
+          if (Object.prototype.hasOwnProperty.call(given, key) && given[key] !== null) cfg[key] = given[key];
+        }
+      } catch (err) {
+        console.error('chat: unreadable page config, using defaults', err);
+      }
+    }
+    cfg.appID = Number(cfg.appID) || DEFAULTS.appID;
+    cfg.wsPort = Number(cfg.wsPort) || 0;
+    cfg.heartbeatInterval = Number(cfg.heartbeatInterval) > 0 ? Number(cfg.heartbeatInterval) : DEFAULTS.heartbeatInterval;
+    cfg.presenceMaxRoom = Number(cfg.presenceMaxRoom);
+    if (!(cfg.presenceMaxRoom >= 0)) cfg.presenceMaxRoom = DEFAULTS.presenceMaxRoom;
+    cfg.wsUrl = String(cfg.wsUrl || '').trim();
+    cfg.httpUrl = String(cfg.httpUrl || '').trim();
+    cfg.basePath = String(cfg.basePath || '').replace(/\/+$/, '');
+    return cfg;
+  }
+
+  var cfg = readConfig();
+
+  /** ws(s)://<ws_url>/acc, or ws(s)://<page host>:<ws_port>/acc when ws_url is empty. */
+  function wsEndpoint() {
+    var scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+    var given = cfg.wsUrl;
+    if (/^wss?:\/\//i.test(given)) {
+      // A complete URL: keep it, adding /acc when it names no path.
+      return /^wss?:\/\/[^\/]+\/?$/i.test(given) ? given.replace(/\/?$/, '/acc') : given;
+    }
+    if (given) {
+      given = given.replace(/\/+$/, '');
+      return scheme + given + (given.indexOf('/') === -1 ? '/acc' : '');
+    }
+    var port = cfg.wsPort ? ':' + cfg.wsPort : (location.port ? ':' + location.port : '');
+    return scheme + location.hostname + port + '/acc';
+  }
+
+  /** Prefix for API paths: same origin when http_url is empty, else http(s)://<http_url>. */
+  function apiBase() {
+    var given = cfg.httpUrl.replace(/\/+$/, '');
+    if (/^https?:\/\//i.test(given)) return given;
+    if (given) return location.protocol + '//' + given;
+    return cfg.basePath;
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  function $(id) { return document.getElementById(id); }
+
+  function randomInt(n) {
+    var buf = new Uint32Array(1);
+    if (window.crypto && window.crypto.getRandomValues) {
+      window.crypto.getRandomValues(buf);
+      return buf[0] % n;
+    }
+    return Math.floor(Math.random() * n);
+  }
+
+  function randomHex(bytes) {
+    var out = '';
+    for (var i = 0; i < bytes; i++) out += (0x100 + randomInt(256)).toString(16).slice(1);
+    return out;
+  }
+
+  function pick(list) { return list[randomInt(list.length)]; }
+
+  var seqCounter = 0;
+  /** Request seq: time, a counter and a random part, the shape the original page used. */
+  function nextSeq() {
+    seqCounter += 1;
+    return Date.now() + '-' + seqCounter + '-' + randomHex(3);
+  }
+
+  function newMsgID() { return Date.now().toString(36) + '-' + randomHex(8); }
+
+  function clock(date) {
+    var h = date.getHours();
+    var m = date.getMinutes();
+    return (h < 10 ? '0' : '') + h + ':' + (m < 10 ? '0' : '') + m;
+  }
+
+  /** First visible character of a name, for the avatar. */
+  function initial(name) {
+    var chars = Array.from(String(name).trim());
+    return chars.length ? chars[0].toUpperCase() : '?';
+  }
+
+  /** A stable colour per name, so a user keeps one avatar colour. */
+  function colorFor(name) {
+    var hash = 0;
+    var s = String(name);
+    for (var i = 0; i < s.length; i++) hash = (hash * 31 + s.charCodeAt(i)) | 0;
+    return 'hsl(' + (Math.abs(hash) % 360) + ', 55%, 48%)';
+  }
+
+  // ---------------------------------------------------------------- names
+
+  var ADJECTIVES = ['Brave', 'Calm', 'Clever', 'Cosmic', 'Eager', 'Fuzzy', 'Gentle', 'Happy',
+    'Jolly', 'Lucky', 'Mellow', 'Nimble', 'Quiet', 'Rapid', 'Sunny', 'Witty', 'Zesty', 'Bold',
+    'Swift', 'Kind', 'Misty', 'Noble', 'Perky', 'Shy'];
+  var ANIMALS = ['Otter', 'Panda', 'Falcon', 'Koala', 'Lynx', 'Fox', 'Heron', 'Tiger', 'Whale',
+    'Gecko', 'Badger', 'Robin', 'Yak', 'Owl', 'Seal', 'Crane', 'Bison', 'Moose', 'Lemur', 'Finch'];
+  var SURNAMES = ['王', '李', '张', '刘', '陈', '杨', '黄', '赵', '吴', '周', '徐', '孙', '马',
+    '朱', '胡', '郭', '何', '林', '高', '罗', '欧阳', '司马'];
+  var GIVEN_NAMES = ['伟', '芳', '娜', '秀英', '敏', '静', '丽', '强', '磊', '洋', '艳', '勇', '军',
+    '杰', '涛', '明', '超', '秀兰', '霞', '平', '刚', '小龙', '子涵', '浩然', '雨萱', '梓轩', '欣怡'];
+
+  /** A random display name: "SunnyOtter42" or a Chinese name with a number, at most 20 chars. */
+  function randomName() {
+    var name;
+    if (randomInt(2) === 0) {
+      name = pick(ADJECTIVES) + pick(ANIMALS) + (10 + randomInt(90));
+    } else {
+      name = pick(SURNAMES) + pick(GIVEN_NAMES) + (100 + randomInt(900));
+    }
+    return Array.from(name).slice(0, MAX_NAME_CHARS).join('');
+  }
+
+  // ---------------------------------------------------------------- page state
+
+  var els = {
+    app: $('app'),
+    status: $('status'),
+    myName: $('my-name'),
+    banner: $('banner'),
+    messages: $('messages'),
+    composer: $('composer'),
+    input: $('message-input'),
+    send: $('send-button'),
+    onlineList: $('online-list'),
+    onlineCount: $('online-count'),
+    onlineCountShort: $('online-count-short'),
+    onlineNote: $('online-note'),
+    onlineToggle: $('online-toggle')
+  };
+
+  var myName = randomName();
+  var baseTitle = document.title;
+  var unread = 0;
+
+  els.myName.textContent = myName;
+  els.myName.title = myName;
+
+  // ---------------------------------------------------------------- rendering
+
+  function setStatus(state, text) {
+    els.status.setAttribute('data-state', state);
+    els.status.textContent = text;
+  }
+
+  function showBanner(text, action) {
+    var banner = els.banner;
+    banner.textContent = '';
+    var span = document.createElement('span');
+    span.textContent = text;
+    banner.appendChild(span);
+    if (action) {
+      var button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'banner-action';
+      button.textContent = action.label;
+      button.addEventListener('click', action.run);
+      banner.appendChild(document.createTextNode(' '));
+      banner.appendChild(button);
+    }
+    banner.hidden = false;
+  }
+
+  function hideBanner() {
+    els.banner.hidden = true;
+    els.banner.textContent = '';
+  }
+
+  function nearBottom() {
+    var list = els.messages;
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  }
+
+  function append(node, forceScroll) {
+    var stick = forceScroll || nearBottom();
+    els.messages.appendChild(node);
+    while (els.messages.children.length > MAX_MESSAGES) {
+      els.messages.removeChild(els.messages.firstChild);
+    }
+    if (stick) els.messages.scrollTop = els.messages.scrollHeight;
+  }
+
+  /** A centred line such as "alice joined". kind: "", "ok" or "error". */
+  function notice(text, kind) {
+    var li = document.createElement('li');
+    li.className = 'notice' + (kind ? ' ' + kind : '');
+    li.setAttribute('data-testid', 'notice');
+    li.textContent = text;
+    append(li, kind === 'error');
+    return li;
+  }
+
+  /** A chat bubble; its text is "from: msg" (the time is CSS generated content). */
+  function messageBubble(from, text, own) {
+    var li = document.createElement('li');
+    li.className = 'msg' + (own ? ' own' : '');
+    li.setAttribute('data-testid', 'message');
+    li.setAttribute('data-from', from);
+
+    var avatar = document.createElement('span');
+    avatar.className = 'avatar';
+    avatar.setAttribute('aria-hidden', 'true');
+    avatar.setAttribute('data-initial', initial(from));
+    avatar.style.background = colorFor(from);
+
+    var bubble = document.createElement('div');
+    bubble.className = 'bubble';
+    bubble.setAttribute('data-time', clock(new Date()));
+
+    var fromEl = document.createElement('span');
+    fromEl.className = 'from';
+    fromEl.style.color = colorFor(from);
+    fromEl.textContent = from;
+
+    var sep = document.createElement('span');
+    sep.className = 'sep';
+    sep.textContent = ': ';
+
+    var body = document.createElement('span');
+    body.className = 'text';
+    body.textContent = text;
+
+    bubble.appendChild(fromEl);
+    bubble.appendChild(sep);
+    bubble.appendChild(body);
+    li.appendChild(avatar);
+    li.appendChild(bubble);
+    return li;
+  }
+
+  function showMessage(from, text) {
+    append(messageBubble(from, text, false), false);
+    if (document.hidden) {
+      unread += 1;
+      document.title = '(' + unread + ') ' + baseTitle;
+    }
+  }
+
+  document.addEventListener('visibilitychange', function () {
+    if (!document.hidden && unread) {
+      unread = 0;
+      document.title = baseTitle;
+    }
+  });
+
+  // ---------------------------------------------------------------- HTTP API
+
+  /**
+   * Calls the HTTP API. GET parameters go into the query string, POST ones
+   * into an application/x-www-form-urlencoded body. Resolves with `data` of
+   * an answer whose code is 200; rejects with an Error whose message says why.
+   */
+  function api(method, path, params) {
+    var url = apiBase() + path;
+    var query = new URLSearchParams(params);
+    var options = { method: method, headers: { 'Accept': 'application/json' }, cache: 'no-store' };
+    if (method === 'GET') {
+      url += '?' + query.toString();
+    } else {
+      options.body = query;   // fetch sends it as application/x-www-form-urlencoded
+    }
+    var controller = typeof AbortController === 'function' ? new AbortController() : null;
+    var timer = null;
+    if (controller) {
+      options.signal = controller.signal;
+      timer = setTimeout(function () { controller.abort(); }, REQUEST_TIMEOUT_MS);
+    }
+    return fetch(url, options).then(function (res) {
+      return res.text().then(function (text) {
+        var body = null;
+        try { body = JSON.parse(text); } catch (err) { body = null; }
+        if (!body || typeof body !== 'object') {
+          var bad = new Error('HTTP ' + res.status + (res.ok ? ': answer is not JSON' : ''));
+          bad.status = res.status;
+          throw bad;
+        }
+        if (body.code !== CODES.OK) {
+          var failed = new Error((body.msg || 'error') + ' (' + body.code + ')');
+          failed.code = body.code;
+          throw failed;
+        }
+        return body.data || {};
+      });
+    }, function (err) {
+      var down = new Error(err && err.name === 'AbortError' ? 'no answer from the server' : 'server unreachable');
+      down.network = true;
+      throw down;
+    }).then(function (data) {
+      clearTimeout(timer);
+      return data;
+    }, function (err) {
+      clearTimeout(timer);
+      throw err;
+    });
+  }
+
+  // ---------------------------------------------------------------- online list
+
+  var online = new Set();
+  var roster = {
+    fetchID: 0,
+    eventsDuringFetch: null,   // presence events that arrive while /user/list is on its way
+    pollTimer: null
+  };
+
+  function renderOnline() {
+    var names = Array.from(online);
+    names.sort(function (a, b) {
+      if (a === myName) return -1;
+      if (b === myName) return 1;
+      return a.localeCompare(b);
+    });
+    var fragment = document.createDocumentFragment();
+    names.slice(0, MAX_LISTED_USERS).forEach(function (name) {
+      var li = document.createElement('li');
+      li.className = 'online-user' + (name === myName ? ' self' : '');
+      li.setAttribute('data-testid', 'online-user');
+      li.setAttribute('data-name', name);
+      var avatar = document.createElement('span');
+      avatar.className = 'avatar';
+      avatar.setAttribute('aria-hidden', 'true');
+      avatar.setAttribute('data-initial', initial(name));
+      avatar.style.background = colorFor(name);
+      var label = document.createElement('span');
+      label.className = 'name';
+      label.title = name;
+      label.textContent = name;
+      li.appendChild(avatar);
+      li.appendChild(label);
+      fragment.appendChild(li);
+    });
+    if (names.length > MAX_LISTED_USERS) {
+      var more = document.createElement('li');
+      more.className = 'online-more';
+      more.textContent = 'and ' + (names.length - MAX_LISTED_USERS) + ' more';
+      fragment.appendChild(more);
+    }
+    els.onlineList.textContent = '';
+    els.onlineList.appendChild(fragment);
+    els.onlineCount.textContent = String(names.length);
+    els.onlineCountShort.textContent = String(names.length);
+  }
+
+  /** Presence events are off for this room: read the list every 30 s instead. */
+  function presenceEventsOff() {
+    return cfg.presenceMaxRoom === 0 || online.size > cfg.presenceMaxRoom;
+  }
+
+  function updatePolling() {
+    var poll = conn.loggedIn && presenceEventsOff();
+    if (poll && !roster.pollTimer) {
+      roster.pollTimer = setInterval(refreshOnline, LIST_POLL_MS);
+    } else if (!poll && roster.pollTimer) {
+      clearInterval(roster.pollTimer);
+      roster.pollTimer = null;
+    }
+    els.onlineNote.textContent = poll ? 'Large room: the list refreshes every 30 s.' : '';
+  }
+
+  function refreshOnline() {
+    var id = ++roster.fetchID;
+    roster.eventsDuringFetch = [];
+    return api('GET', '/user/list', { appID: cfg.appID }).then(function (data) {
+      if (id !== roster.fetchID) return;
+      var names = Array.isArray(data.userList) ? data.userList : [];
+      var next = new Set(names.map(String));
+      (roster.eventsDuringFetch || []).forEach(function (event) {
+        if (event.enter) next.add(event.name); else next.delete(event.name);
+      });
+      roster.eventsDuringFetch = null;
+      if (conn.loggedIn) next.add(myName);
+      online = next;
+      renderOnline();
+      updatePolling();
+    }, function (err) {
+      if (id !== roster.fetchID) return;
+      roster.eventsDuringFetch = null;
+      notice('Could not load the online list: ' + err.message, 'error');
+    });
+  }
+
+  function userEntered(name) {
+    if (roster.eventsDuringFetch) roster.eventsDuringFetch.push({ enter: true, name: name });
+    if (name === myName) return;
+    online.add(name);
+    renderOnline();
+    notice(name + ' joined');
+    updatePolling();
+  }
+
+  function userLeft(name) {
+    if (name === myName) return;   // an older connection of ours; this one is still here
+    if (roster.eventsDuringFetch) roster.eventsDuringFetch.push({ enter: false, name: name });
+    online.delete(name);
+    renderOnline();
+    notice(name + ' left');
+  }
+
+  // ---------------------------------------------------------------- WebSocket
+
+  var conn = {
+    ws: null,
+    loggedIn: false,
+    everOnline: false,
+    stopped: false,        // no reconnecting (login refused, replaced, page hidden)
+    attempt: 0,            // reconnect attempts since the last stable login
+    retryTimer: null,
+    countdownTimer: null,
+    connectTimer: null,
+    stableTimer: null,
+    heartbeatTimer: null,
+    lastHeard: 0,
+    pending: {}            // seq -> {resolve, reject, timer}
+  };
+
+  function rejectPending(reason) {
+    var pending = conn.pending;
+    conn.pending = {};
+    Object.keys(pending).forEach(function (seq) {
+      clearTimeout(pending[seq].timer);
+      pending[seq].reject(new Error(reason));
+    });
+  }
+
+  /** Sends a request frame; resolves with the reply's `response` object. */
+  function request(cmd, data, timeoutMs) {
+    return new Promise(function (resolve, reject) {
+      var ws = conn.ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN) {
+        reject(new Error('not connected'));
+        return;
+      }
+      var seq = nextSeq();
+      var entry = { resolve: resolve, reject: reject, timer: null };
+      entry.timer = setTimeout(function () {
+        delete conn.pending[seq];
+        reject(new Error('no answer to ' + cmd));
+      }, timeoutMs || REQUEST_TIMEOUT_MS);
+      conn.pending[seq] = entry;
+      try {
+        ws.send(JSON.stringify({ seq: seq, cmd: cmd, data: data || {} }));
+      } catch (err) {
+        clearTimeout(entry.timer);
+        delete conn.pending[seq];
+        reject(err);
+      }
+    });
+  }
+
+  function connect() {
+    clearTimeout(conn.retryTimer);
+    clearInterval(conn.countdownTimer);
+    conn.retryTimer = null;
+    conn.countdownTimer = null;
+    if (conn.ws) return;
+    conn.stopped = false;
+    setStatus(conn.everOnline || conn.attempt ? 'reconnecting' : 'connecting',
+      conn.everOnline || conn.attempt ? 'Reconnecting…' : 'Connecting…');
+
+    var ws;
+    try {
+      ws = new WebSocket(wsEndpoint());
+    } catch (err) {
+      notice('Cannot open the connection: ' + err.message, 'error');
+      scheduleReconnect();
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    conn.ws = ws;
+    conn.connectTimer = setTimeout(function () {
+      if (conn.ws === ws && ws.readyState === WebSocket.CONNECTING) {
+        dropConnection('the server did not answer');
+      }
+    }, CONNECT_TIMEOUT_MS);
+
+    ws.onopen = function () {
+      if (conn.ws !== ws) return;
+      clearTimeout(conn.connectTimer);
+      conn.lastHeard = Date.now();
+      login();
+    };
+    ws.onmessage = function (event) {
+      if (conn.ws !== ws) return;
+      conn.lastHeard = Date.now();
+      var raw = event.data;
+      if (typeof raw !== 'string') raw = new TextDecoder('utf-8').decode(raw);
+      handleFrame(raw);
+    };
+    ws.onerror = function () { /* a close event follows and is handled there */ };
+    ws.onclose = function (event) {
+      if (conn.ws !== ws) return;
+      disconnected(event.code, event.reason);
+    };
+  }
+
+  function login() {
+    request('login', { serviceToken: '', appID: cfg.appID, userID: myName }).then(function (response) {
+      var code = response && response.code;
+      if (code === CODES.OK) {
+        loggedIn();
+      } else {
+        loginRefused(code, (response && response.codeMsg) || 'login failed');
+      }
+    }, function (err) {
+      if (conn.ws) dropConnection('login: ' + err.message);
+    });
+  }
+
+  function loggedIn() {
+    conn.loggedIn = true;
+    conn.everOnline = true;
+    hideBanner();
+    setStatus('online', 'Online');
+    notice('You are connected as ' + myName, 'ok');
+    clearTimeout(conn.stableTimer);
+    conn.stableTimer = setTimeout(function () { conn.attempt = 0; }, STABLE_AFTER_MS);
+    startHeartbeat();
+    online.add(myName);
+    renderOnline();
+    refreshOnline();
+  }
+
+  function loginRefused(code, codeMsg) {
+    var what = code === CODES.INVALID_USER_ID ? 'the name "' + myName + '" was refused'
+      : code === CODES.UNAUTHORIZED ? 'room ' + cfg.appID + ' is not open'
+        : 'the server refused the login';
+    var text = 'Login failed: ' + codeMsg + ' (' + code + '): ' + what + '.';
+    if (code === CODES.INVALID_USER_ID || code === CODES.UNAUTHORIZED) {
+      // Trying again would fail the same way: stop and say so.
+      stop('error', 'Login failed');
+      showBanner(text, {
+        label: code === CODES.INVALID_USER_ID ? 'Try another name' : 'Try again',
+        run: function () {
+          if (code === CODES.INVALID_USER_ID) {
+            myName = randomName();
+            els.myName.textContent = myName;
+            els.myName.title = myName;
+          }
+          hideBanner();
+          conn.attempt = 0;
+          connect();
+        }
+      });
+      notice(text, 'error');
+      return;
+    }
+    notice(text, 'error');
+    dropConnection(null);
+  }
+
+  /** Leaves the socket and does not come back until connect() is called. */
+  function stop(state, text) {
+    conn.stopped = true;
+    clearTimeout(conn.retryTimer);
+    clearInterval(conn.countdownTimer);
+    conn.retryTimer = null;
+    conn.countdownTimer = null;
+    var ws = conn.ws;
+    conn.ws = null;
+    cleanUp();
+    if (ws) {
+      try { ws.close(1000, 'bye'); } catch (err) { /* already closed */ }
+    }
+    setStatus(state, text);
+  }
+
+  /** Closes the current socket ourselves and reconnects. */
+  function dropConnection(reason) {
+    var ws = conn.ws;
+    if (!ws) return;
+    conn.ws = null;
+    try { ws.close(1000, 'reconnect'); } catch (err) { /* already closed */ }
+    if (reason) notice('Connection lost: ' + reason, 'error');
+    afterClose();
+  }
+
+  function cleanUp() {
+    clearTimeout(conn.connectTimer);
+    clearTimeout(conn.stableTimer);
+    stopHeartbeat();
+    rejectPending('connection closed');
+    conn.loggedIn = false;
+    online.delete(myName);
+    updatePolling();
+  }
+
+  function afterClose() {
+    cleanUp();
+    if (conn.stopped) return;
+    scheduleReconnect();
+  }
+
+  // The server closes with a 4000-range code and a reason when it means it:
+  // 4000 the same name logged in on another connection, 4001 heartbeat
+  // timeout, 4002 too slow to read. A replaced connection must not log in
+  // again, or two tabs would keep throwing each other out.
+  var CLOSE_REPLACED = 4000;
+
+  function replacedBy(code, reason) {
+    return code === CLOSE_REPLACED || /logged in elsewhere|replaced/i.test(reason || '');
+  }
+
+  function disconnected(code, reason) {
+    conn.ws = null;
+    var wasOnline = conn.loggedIn;
+    if ((code >= 4000 && code < 5000) || reason) {
+      notice('Disconnected by the server: ' + (reason || 'no reason given') + ' (code ' + code + ')', 'error');
+    } else if (wasOnline) {
+      notice('Connection lost (code ' + code + ')', 'error');
+    }
+    if (replacedBy(code, reason)) {
+      stop('offline', 'Offline');
+      showBanner('This name logged in somewhere else, so this page was disconnected: ' + (reason || code) + '.', {
+        label: 'Reconnect',
+        run: function () { hideBanner(); conn.attempt = 0; connect(); }
+      });
+      return;
+    }
+    afterClose();
+  }
+
+  /** 1 s, 2 s, 4 s … capped at 30 s; each delay drawn from its upper half. */
+  function scheduleReconnect() {
+    var base = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * Math.pow(2, conn.attempt));
+    var delay = Math.round(base / 2 + Math.random() * base / 2);
+    conn.attempt += 1;
+    var due = Date.now() + delay;
+    var tick = function () {
+      var left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+      setStatus('reconnecting', left > 0 ? 'Reconnecting in ' + left + ' s…' : 'Reconnecting…');
+    };
+    tick();
+    clearInterval(conn.countdownTimer);
+    conn.countdownTimer = setInterval(tick, 1000);
+    clearTimeout(conn.retryTimer);
+    conn.retryTimer = setTimeout(connect, delay);
+  }
+
+  function startHeartbeat() {
+    stopHeartbeat();
+    var intervalMs = cfg.heartbeatInterval * 1000;
+    conn.heartbeatTimer = setInterval(function () {
+      if (!conn.loggedIn) return;
+      // Nothing heard for two rounds: the socket is dead even if it looks open.
+      if (Date.now() - conn.lastHeard > 2 * intervalMs + REQUEST_TIMEOUT_MS) {
+        dropConnection('no answer from the server');
+        return;
+      }
+      request('heartbeat', {}).then(function (response) {
+        if (response && response.code === CODES.NOT_LOGGED_IN && conn.loggedIn) {
+          // The server forgot us (e.g. it swept the login): log in again.
+          conn.loggedIn = false;
+          stopHeartbeat();
+          login();
+        }
+      }, function (err) {
+        if (conn.loggedIn) dropConnection('heartbeat: ' + err.message);
+      });
+    }, intervalMs);
+  }
+
+  function stopHeartbeat() {
+    clearInterval(conn.heartbeatTimer);
+    conn.heartbeatTimer = null;
+  }
+
+  var PUSHED = { msg: true, enter: true, exit: true };
+
+  function handleFrame(raw) {
+    var frame;
+    try {
+      frame = JSON.parse(raw);
+    } catch (err) {
+      console.warn('chat: frame is not JSON', raw);
+      return;
+    }
+    if (!frame || typeof frame !== 'object') return;
+    var response = frame.response && typeof frame.response === 'object' ? frame.response : {};
+    var data = response.data && typeof response.data === 'object' ? response.data : {};
+
+    if (PUSHED[frame.cmd] === true) {
+      var from = data.from === undefined || data.from === null ? '' : String(data.from);
+      if (frame.cmd === 'msg') {
+        showMessage(from || 'system', data.msg === undefined || data.msg === null ? '' : String(data.msg));
+      } else if (from && frame.cmd === 'enter') {
+        userEntered(from);
+      } else if (from) {
+        userLeft(from);
+      }
+      return;
+    }
+
+    var entry = typeof frame.seq === 'string' ? conn.pending[frame.seq] : undefined;
+    if (entry) {
+      delete conn.pending[frame.seq];
+      clearTimeout(entry.timer);
+      entry.resolve(response);
+      return;
+    }
+
+    // Anything else the server says on its own: show it when it is an error.
+    if (response.code !== undefined && response.code !== CODES.OK) {
+      notice('Server: ' + (response.codeMsg || 'error') + ' (' + response.code + ')', 'error');
+    }
+  }
+
+  // ---------------------------------------------------------------- sending
+
+  function sendMessage() {
+    var text = els.input.value.replace(/^\s+|\s+$/g, '');
+    if (!text) {
+      els.input.value = '';
+      els.input.focus();
+      return;
+    }
+    els.input.value = '';
+    els.input.focus();
+
+    // The server does not echo a message to its sender: show it ourselves,
+    // greyed out until the server has taken it.
+    var bubble = messageBubble(myName, text, true);
+    bubble.classList.add('pending');
+    bubble.setAttribute('aria-busy', 'true');
+    append(bubble, true);
+
+    var params = { appID: cfg.appID, userID: myName, msgID: newMsgID(), message: text };
+    var attempt = function (retries) {
+      return api('POST', '/user/sendMessageAll', params).catch(function (err) {
+        // The msgID makes a repeat harmless, so a network failure is retried once.
+        if (err.network && retries > 0) {
+          return new Promise(function (resolve) { setTimeout(resolve, 1000); }).then(function () {
+            return attempt(retries - 1);
+          });
+        }
+        throw err;
+      });
+    };
+    attempt(1).then(function () {
+      bubble.classList.remove('pending');
+      bubble.removeAttribute('aria-busy');
+    }, function (err) {
+      if (bubble.parentNode) bubble.parentNode.removeChild(bubble);
+      notice('Message not sent: ' + err.message, 'error');
+      if (!els.input.value) els.input.value = text;
+    });
+  }
+
+  els.composer.addEventListener('submit', function (event) {
+    event.preventDefault();
+    sendMessage();
+  });
+
+  // ---------------------------------------------------------------- sidebar drawer (narrow screens)
+
+  function setDrawer(open) {
+    els.app.classList.toggle('show-online', open);
+    els.onlineToggle.setAttribute('aria-expanded', open ? 'true' : 'false');
+  }
+
+  els.onlineToggle.addEventListener('click', function () {
+    setDrawer(!els.app.classList.contains('show-online'));
+  });
+  els.messages.addEventListener('click', function () { setDrawer(false); });
+  document.addEventListener('keydown', function (event) {
+    if (event.key === 'Escape') setDrawer(false);
+  });
+
+  // ---------------------------------------------------------------- page life
+
+  // Closing the socket as the page goes lets the server send "left" at once.
+  window.addEventListener('pagehide', function () {
+    if (conn.ws || conn.retryTimer) stop('offline', 'Offline');
+  });
+  window.addEventListener('pageshow', function (event) {
+    if (event.persisted && conn.stopped && !conn.ws) {
+      conn.attempt = 0;
+      connect();
+    }
+  });
+  // Back on the network: do not wait for the backoff to run out.
+  window.addEventListener('online', function () {
+    if (!conn.ws && conn.retryTimer) connect();
+  });
+
+  connect();
+}());
