@@ -1,0 +1,338 @@
+"""Drive the chat page in Debian's Chromium with Playwright, and print what happened as JSON.
+
+Run by tests/test_chat_page.py in a separate, plain interpreter: the test process is
+gevent-patched (tests/conftest.py), and Playwright's sync API runs its own asyncio loop and
+greenlets, which is no place to mix with a patched process that also serves the node.
+
+    python tests/browser/chat_scenario.py --scenario chat --http-url http://127.0.0.1:8080 \
+        --out-dir /tmp/shots
+
+The last line on stdout is one JSON object:
+    {"ok": bool, "step": "<last step started>", "error": "<why it stopped>" or null,
+     "facts": {...}, "page_errors": [...], "console_errors": [...], "diagnostics": {...}}
+"ok" is true when every step passed; "facts" holds what the steps saw, for the test to
+assert on. Exit status 0 when the JSON was printed, whatever it says.
+"""
+import argparse
+import json
+import os
+import re
+import secrets
+import sys
+import time
+import traceback
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 15000  # one step's wait; the page itself retries within 1 s
+
+# JavaScript run in the page (arguments come in through Playwright, never by string building).
+JS_STATUS = "() => document.querySelector('[data-testid=status]').getAttribute('data-state')"
+JS_ONLINE_NAMES = """() => Array.from(document.querySelectorAll(
+    '[data-testid=online-list] [data-testid=online-user]')).map(e => e.textContent)"""
+JS_HAS_ONLINE = """(name) => Array.from(document.querySelectorAll(
+    '[data-testid=online-list] [data-testid=online-user]')).some(e => e.textContent === name)"""
+JS_HAS_NOTICE = """(text) => Array.from(document.querySelectorAll(
+    '[data-testid=messages] [data-testid=notice]')).some(e => e.textContent === text)"""
+JS_HAS_MESSAGE = """([text, own]) => Array.from(document.querySelectorAll(
+    '[data-testid=messages] [data-testid=message]')).some(e => e.textContent === text
+        && (own === null || e.classList.contains('own') === own)
+        && !e.classList.contains('pending'))"""
+JS_MESSAGES = """() => Array.from(document.querySelectorAll(
+    '[data-testid=messages] > *')).map(e => e.getAttribute('data-testid') + ': ' + e.textContent)"""
+JS_XSS_STATE = """() => ({xss: typeof window.__xss,
+    imgs: document.querySelectorAll('[data-testid=messages] img').length})"""
+JS_IN_VIEW = """(testid) => {
+    const el = document.querySelector('[data-testid=' + testid + ']');
+    if (!el) return {found: false};
+    const r = el.getBoundingClientRect();
+    const style = getComputedStyle(el);
+    return {found: true, left: r.left, top: r.top, right: r.right, bottom: r.bottom,
+            width: r.width, height: r.height, visibility: style.visibility, display: style.display,
+            inViewport: r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0
+                        && r.right <= window.innerWidth && r.bottom <= window.innerHeight};
+}"""
+
+
+class StepFailed(Exception):
+    pass
+
+
+class Run:
+    """Collects facts, errors and the name of the step in progress."""
+
+    def __init__(self):
+        self.step = "start"
+        self.facts = {}
+        self.page_errors = []
+        self.console_errors = []
+        self.pages = {}
+
+    def watch(self, label, page):
+        self.pages[label] = page
+        page.on("pageerror", lambda exc: self.page_errors.append(f"{label}: {exc}"))
+        page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(
+            f"{label}: {msg.text}"))
+
+    def wait(self, page, js, arg=None, what=""):
+        try:
+            page.wait_for_function(js, arg=arg, timeout=WAIT_MS)
+        except Exception as exc:  # Playwright's TimeoutError and friends
+            raise StepFailed(f"{what or js}: not seen within {WAIT_MS} ms ({type(exc).__name__})")
+
+    def diagnostics(self):
+        out = {}
+        for label, page in self.pages.items():
+            try:
+                if page.is_closed():
+                    continue
+                out[label] = {"status": page.locator("[data-testid=status]").text_content(),
+                              "my_name": page.locator("[data-testid=my-name]").text_content(),
+                              "online": page.evaluate(JS_ONLINE_NAMES),
+                              "messages": page.evaluate(JS_MESSAGES)[-30:]}
+            except Exception as exc:
+                out[label] = {"unavailable": f"{type(exc).__name__}: {exc}"}
+        return out
+
+
+def open_chat(run, browser, label, url, **context_args):
+    context = browser.new_context(**context_args)
+    page = context.new_page()
+    run.watch(label, page)
+    response = page.goto(url, wait_until="domcontentloaded")
+    if response is None or response.status != 200:
+        raise StepFailed(f"GET {url} answered {response and response.status}")
+    run.wait(page, "() => document.querySelector('[data-testid=status]')"
+             ".getAttribute('data-state') === 'online'", what=f"{label} status online")
+    name = page.locator("[data-testid=my-name]").text_content()
+    return context, page, name
+
+
+def scenario_chat(run, browser, http_url, out_dir):
+    url = f"{http_url}/home/index?appID=101"
+
+    run.step = "A opens the page"
+    ctx_a, page_a, name_a = open_chat(run, browser, "A", url)
+    run.facts["name_a"] = name_a
+    run.facts["a_connected_notice"] = page_a.evaluate(JS_HAS_NOTICE, f"You are connected as {name_a}")
+    run.wait(page_a, JS_HAS_ONLINE, name_a, "A lists itself")
+
+    run.step = "room links"
+    links = page_a.locator("[data-testid=room-link]")
+    run.facts["room_links"] = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    run.facts["current_room_link"] = page_a.locator(
+        "[data-testid=room-link][aria-current=page]").text_content()
+
+    run.step = "B opens the page"
+    ctx_b, page_b, name_b = open_chat(run, browser, "B", url)
+    run.facts["name_b"] = name_b
+    run.facts["names_differ"] = name_a != name_b
+    run.wait(page_b, JS_HAS_ONLINE, name_a, "B lists A (from /user/list)")
+
+    run.step = "A sees B join"
+    run.wait(page_a, JS_HAS_ONLINE, name_b, "B in A's online list")
+    run.wait(page_a, JS_HAS_NOTICE, f"{name_b} joined", "'joined' notice on A")
+    run.facts["a_online_after_join"] = page_a.evaluate(JS_ONLINE_NAMES)
+
+    run.step = "A sends a line"
+    line = f"hello from A {secrets.token_hex(4)} 你好"
+    page_a.locator("[data-testid=message-input]").fill(line)
+    page_a.locator("[data-testid=send-button]").click()
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {line}", False], "A's line on B")
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_a}: {line}", True], "A's own bubble on A")
+    run.facts["line_delivered"] = True
+    run.facts["input_cleared"] = page_a.locator("[data-testid=message-input]").input_value() == ""
+
+    run.step = "B sends with the Enter key"
+    reply = f"reply from B {secrets.token_hex(4)}"
+    page_b.locator("[data-testid=message-input]").fill(reply)
+    page_b.locator("[data-testid=message-input]").press("Enter")
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {reply}", False], "B's reply on A")
+    run.facts["enter_key_sends"] = True
+
+    run.step = "an empty message is not sent"
+    before = page_a.evaluate("() => document.querySelectorAll('[data-testid=message]').length")
+    page_a.locator("[data-testid=message-input]").fill("   ")
+    page_a.locator("[data-testid=send-button]").click()
+    page_a.wait_for_timeout(300)
+    after = page_a.evaluate("() => document.querySelectorAll('[data-testid=message]').length")
+    run.facts["empty_not_sent"] = before == after
+
+    run.step = "A sends markup"
+    markup = '<img src=x onerror="window.__xss=1">'
+    page_a.locator("[data-testid=message-input]").fill(markup)
+    page_a.locator("[data-testid=send-button]").click()
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {markup}", False], "the markup as text on B")
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_a}: {markup}", True], "the markup as text on A")
+    page_a.wait_for_timeout(500)  # give a would-be onerror handler time to run
+    run.facts["xss_a"] = page_a.evaluate(JS_XSS_STATE)
+    run.facts["xss_b"] = page_b.evaluate(JS_XSS_STATE)
+
+    run.step = "B leaves"
+    page_b.close()
+    ctx_b.close()
+    run.wait(page_a, JS_HAS_NOTICE, f"{name_b} left", "'left' notice on A")
+    run.wait(page_a, f"(name) => !({JS_HAS_ONLINE})(name)", name_b, "B gone from A's list")
+    run.facts["a_online_after_leave"] = page_a.evaluate(JS_ONLINE_NAMES)
+    run.facts["a_status_at_end"] = page_a.evaluate(JS_STATUS)
+
+    if out_dir:
+        run.step = "screenshot"
+        path = os.path.join(out_dir, "chat-desktop.png")
+        page_a.screenshot(path=path, full_page=False)
+        run.facts["screenshot"] = path
+    ctx_a.close()
+
+
+def scenario_mobile(run, browser, http_url, out_dir):
+    url = f"{http_url}/home/index?appID=101"
+    run.step = "phone-sized page opens"
+    context, page, name = open_chat(run, browser, "phone", url, viewport={"width": 375, "height": 667},
+                                    device_scale_factor=2, is_mobile=True, has_touch=True)
+    run.facts["name"] = name
+
+    run.step = "layout at 375x667"
+    path = os.path.join(out_dir, "chat-375x667.png")
+    page.screenshot(path=path, full_page=False)
+    run.facts["screenshot"] = path
+    run.facts["input"] = page.evaluate(JS_IN_VIEW, "message-input")
+    run.facts["send_button"] = page.evaluate(JS_IN_VIEW, "send-button")
+    run.facts["status"] = page.evaluate(JS_IN_VIEW, "status")
+    run.facts["input_visible"] = page.locator("[data-testid=message-input]").is_visible()
+    run.facts["send_visible"] = page.locator("[data-testid=send-button]").is_visible()
+    run.facts["scroll_width"] = page.evaluate("() => document.documentElement.scrollWidth")
+    run.facts["online_list_hidden"] = not page.locator("[data-testid=online-list]").is_visible()
+
+    run.step = "the online drawer opens"
+    page.locator("#online-toggle").click()
+    run.wait(page, JS_HAS_ONLINE, name, "own name in the opened drawer")
+    page.wait_for_timeout(400)  # the drawer slides in
+    run.facts["online_list_opens"] = page.locator("[data-testid=online-list]").is_visible()
+    page.screenshot(path=os.path.join(out_dir, "chat-375x667-online.png"), full_page=False)
+    context.close()
+
+
+def scenario_refused(run, browser, http_url, out_dir):
+    """The page asks for a room the node does not serve: it shows 1003 and stays down."""
+    url = f"{http_url}/home/index?appID=101"
+    context = browser.new_context()
+    page = context.new_page()
+    run.watch("refused", page)
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+
+    def other_room(route):
+        response = route.fetch()
+        body = re.sub(r'"appID": ?101\b', '"appID": 999', response.text(), count=1)
+        run.facts["config_rewritten"] = '"appID": 999' in body
+        route.fulfill(response=response, body=body)
+
+    page.route(re.compile(r".*/home/index\b.*"), other_room)
+    run.step = "login to a closed room"
+    page.goto(url, wait_until="domcontentloaded")
+    run.wait(page, "() => document.querySelector('[data-testid=status]')"
+             ".getAttribute('data-state') === 'error'", what="status error")
+    run.facts["banner"] = page.locator("#banner").text_content()
+    run.facts["banner_visible"] = page.locator("#banner").is_visible()
+    page.wait_for_timeout(2500)  # a reconnect would be due by now
+    run.facts["sockets"] = len(sockets)
+    run.facts["status_after_wait"] = page.evaluate(JS_STATUS)
+    context.close()
+
+
+def scenario_reconnect(run, browser, http_url, out_dir):
+    """The server closes the socket: the page logs in again, except when replaced (4000)."""
+    url = f"{http_url}/home/index?appID=101"
+    context = browser.new_context()
+    page = context.new_page()
+    run.watch("reconnect", page)
+    routes = []
+
+    def through(ws):
+        ws.connect_to_server()
+        routes.append(ws)
+
+    page.route_web_socket(re.compile(r".*/acc$"), through)
+    run.step = "first login"
+    response = page.goto(url, wait_until="domcontentloaded")
+    if response is None or response.status != 200:
+        raise StepFailed(f"GET {url} answered {response and response.status}")
+    run.wait(page, "() => document.querySelector('[data-testid=status]')"
+             ".getAttribute('data-state') === 'online'", what="status online")
+    name = page.locator("[data-testid=my-name]").text_content()
+    connected = f"You are connected as {name}"
+    count_connected = """(text) => Array.from(document.querySelectorAll(
+        '[data-testid=messages] [data-testid=notice]')).filter(e => e.textContent === text).length"""
+
+    run.step = "server closes with 4001"
+    routes[-1].close(code=4001, reason="heartbeat timeout")
+    run.wait(page, JS_HAS_NOTICE, "Disconnected by the server: heartbeat timeout (code 4001)",
+             "the close reason")
+    run.wait(page, f"(text) => ({count_connected})(text) === 2", connected, "a second login")
+    run.facts["status_after_reconnect"] = page.evaluate(JS_STATUS)
+    run.facts["sockets_after_reconnect"] = len(routes)
+    run.facts["name_kept"] = page.locator("[data-testid=my-name]").text_content() == name
+
+    run.step = "server closes with 4000 (replaced)"
+    routes[-1].close(code=4000, reason="logged in elsewhere")
+    run.wait(page, "() => document.querySelector('[data-testid=status]')"
+             ".getAttribute('data-state') === 'offline'", what="status offline")
+    page.wait_for_timeout(2500)  # a reconnect would be due by now
+    run.facts["sockets_after_replaced"] = len(routes)
+    run.facts["status_after_replaced"] = page.evaluate(JS_STATUS)
+    run.facts["banner"] = page.locator("#banner").text_content()
+    context.close()
+
+
+SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenario_refused,
+             "reconnect": scenario_reconnect}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
+    parser.add_argument("--http-url", required=True, help="the node's HTTP base, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--out-dir", default="", help="where screenshots go")
+    args = parser.parse_args(argv)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+
+    run = Run()
+    result = {"ok": False, "error": None}
+    started = time.monotonic()
+    try:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError as exc:
+            raise StepFailed(f"Playwright is not installed ({exc}): pip install -r requirements.txt")
+        if not os.path.exists(CHROMIUM):
+            raise StepFailed(f"{CHROMIUM} is missing: run `bash scripts/install-chromium.sh` "
+                             "(or `apt-get install chromium`)")
+        with sync_playwright() as p:
+            run.step = "launch chromium"
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                SCENARIOS[args.scenario](run, browser, args.http_url.rstrip("/"), args.out_dir)
+                result["ok"] = True
+            except Exception as exc:
+                result["error"] = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, StepFailed):
+                    result["traceback"] = traceback.format_exc()
+                result["diagnostics"] = run.diagnostics()
+            finally:
+                browser.close()
+    except Exception as exc:
+        result["ok"] = False
+        result["error"] = result["error"] or f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, StepFailed):
+            result["traceback"] = traceback.format_exc()
+    result.update(step=run.step, facts=run.facts, page_errors=run.page_errors,
+                  console_errors=run.console_errors, seconds=round(time.monotonic() - started, 2))
+    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

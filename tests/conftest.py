@@ -1,0 +1,34 @@
+"""Shared fixtures. The suite runs under gevent monkey-patching, as the node does."""
+from gevent import monkey
+
+if not monkey.is_module_patched("socket"):
+    monkey.patch_all()
+
+import pytest  # noqa: E402
+
+from support import NodeProcess  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory):
+    """One node with the default settings, shared by the tests that only read or use
+    their own users."""
+    proc = NodeProcess(tmp_path_factory.mktemp("node"), name="shared").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def make_node(tmp_path):
+    """Start nodes with their own config: ``make_node({"app": {...}})``; all are stopped
+    at the end of the test."""
+    started = []
+
+    def start(config=None, name=None, **kw):
+        proc = NodeProcess(tmp_path, config, name=name or f"node{len(started)}", **kw).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

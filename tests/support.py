@@ -1,0 +1,228 @@
+"""Test support: real node processes and a WebSocket client that speaks the protocol."""
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import websocket
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NodeProcess:
+    """A node started the way the README starts one (``python -m imserver``), on free
+    ports, with its own config file and log in ``workdir``."""
+
+    def __init__(self, workdir, config=None, name="node", env=None):
+        self.workdir = str(workdir)
+        self.name = name
+        self.http_port = free_port()
+        self.ws_port = free_port()
+        self.rpc_port = free_port()
+        self.config = {"app": {"host": "127.0.0.1", "httpPort": self.http_port,
+                               "webSocketPort": self.ws_port, "rpcPort": self.rpc_port,
+                               "logFile": os.path.join(self.workdir, f"{name}.log"),
+                               "logLevel": "debug"}}
+        for section, values in (config or {}).items():
+            self.config.setdefault(section, {}).update(values)
+        self.config_path = os.path.join(self.workdir, f"{name}.yaml")
+        self.stderr_path = os.path.join(self.workdir, f"{name}.stderr")
+        self.extra_env = env or {}
+        self.proc = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/acc"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> "NodeProcess":
+        with open(self.config_path, "w") as fh:
+            yaml.safe_dump(self.config, fh)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMSERVER_")}
+        env.update(self.extra_env)
+        self._stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imserver", "--config", self.config_path],
+            cwd=ROOT, env=env, stdout=self._stderr, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n"
+                                   + self.output())
+            try:
+                self.get("/system/state", timeout=1)
+                return self
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"node {self.name} did not answer within {timeout}s:\n" + self.output())
+
+    def output(self) -> str:
+        try:
+            with open(self.stderr_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._stderr.close()
+        return self.proc.returncode
+
+    # HTTP --------------------------------------------------------------------------------
+
+    def request(self, method, path, params=None, body=None, headers=None, timeout=10):
+        """(status, headers, body bytes) of one HTTP request; never raises for 4xx/5xx."""
+        url = self.http_url + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers, err.read()
+
+    def get(self, path, timeout=10, **params) -> dict:
+        status, _, body = self.request("GET", path, params=params, timeout=timeout)
+        return json.loads(body)
+
+    def post(self, path, timeout=10, **form) -> dict:
+        body = urllib.parse.urlencode(form).encode()
+        status, _, data = self.request(
+            "POST", path, body=body, timeout=timeout,
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        return json.loads(data)
+
+    def state(self, debug=False) -> dict:
+        return self.get("/system/state", **({"isDebug": "true"} if debug else {}))["data"]
+
+    def client(self, **kw) -> "Client":
+        return Client(self.ws_url, **kw)
+
+
+_seq = itertools.count(1)
+
+
+class Client:
+    """A WebSocket client: requests wait for the reply with their seq; pushes that
+    arrive meanwhile are kept for ``push()``."""
+
+    def __init__(self, url, timeout=10):
+        self.ws = websocket.create_connection(url, timeout=timeout)
+        self.pushes = []
+        self.close_code = None
+        self.close_reason = None
+
+    def send_json(self, obj) -> None:
+        self.ws.send(json.dumps(obj))
+
+    def send_raw(self, data, opcode=websocket.ABNF.OPCODE_TEXT) -> None:
+        self.ws.send(data, opcode)
+
+    def recv_frame(self, timeout=10):
+        """Next data frame as a dict; None when the server closed (code kept)."""
+        self.ws.settimeout(timeout)
+        while True:
+            opcode, data = self.ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                if len(data) >= 2:
+                    self.close_code = int.from_bytes(data[:2], "big")
+                    self.close_reason = data[2:].decode("utf-8", "replace")
+                else:
+                    self.close_code = 1005
+                return None
+            if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                return json.loads(data)
+
+    def request(self, cmd, data=None, seq=None, timeout=10) -> dict:
+        seq = seq if seq is not None else f"t-{next(_seq)}"
+        frame = {"seq": seq, "cmd": cmd}
+        if data is not None:
+            frame["data"] = data
+        self.send_json(frame)
+        return self.reply(seq, timeout)
+
+    def reply(self, seq, timeout=10) -> dict:
+        deadline = time.time() + timeout
+        while True:
+            frame = self.recv_frame(max(0.01, deadline - time.time()))
+            if frame is None:
+                raise ConnectionError(f"closed with {self.close_code} {self.close_reason!r}")
+            if frame.get("seq") == seq and frame.get("cmd") not in ("msg", "enter", "exit"):
+                return frame
+            self.pushes.append(frame)
+
+    def login(self, user_id, app_id=101, token="") -> dict:
+        return self.request("login", {"serviceToken": token, "appID": app_id, "userID": user_id})
+
+    def push(self, cmd=None, timeout=10) -> dict:
+        """The next pushed frame (optionally of one cmd), skipping others."""
+        deadline = time.time() + timeout
+        while True:
+            for i, frame in enumerate(self.pushes):
+                if cmd is None or frame.get("cmd") == cmd:
+                    return self.pushes.pop(i)
+            frame = self.recv_frame(max(0.01, deadline - time.time()))
+            if frame is None:
+                raise ConnectionError(f"closed with {self.close_code} {self.close_reason!r}")
+            self.pushes.append(frame)
+
+    def no_push(self, wait=0.5) -> bool:
+        """True if nothing is pushed within ``wait`` seconds."""
+        if self.pushes:
+            return False
+        try:
+            frame = self.recv_frame(wait)
+        except websocket.WebSocketTimeoutException:
+            return True
+        if frame is not None:
+            self.pushes.append(frame)
+        return False
+
+    def wait_closed(self, timeout=10) -> "tuple[int, str]":
+        """Read until the server's close frame or end of stream: (code, reason)."""
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline:
+                frame = self.recv_frame(max(0.01, deadline - time.time()))
+                if frame is None:
+                    return self.close_code, self.close_reason
+                self.pushes.append(frame)
+        except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+            return self.close_code or 1006, self.close_reason or ""
+        raise TimeoutError("connection still open")
+
+    def close(self):
+        try:
+            self.ws.close(timeout=1)
+        except Exception:
+            pass
