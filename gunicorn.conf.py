@@ -30,3 +30,22 @@ control_socket_disable = True  # several nodes may run on one machine
 logconfig_dict = logging_dict(_cfg)
 access_log_format = ACCESS_FORMAT
 loglevel = _cfg["app.logLevel"]
+
+
+def pre_fork(server, worker):
+    # Each worker gets the lowest index no live worker holds, so a restarted worker
+    # takes over its predecessor's rpc port and advertised address.
+    used = {getattr(w, "imserver_index", None) for w in server.WORKERS.values()}
+    index = 0
+    while index in used:
+        index += 1
+    worker.imserver_index = index
+
+
+def post_fork(server, worker):
+    os.environ["IMSERVER_WORKER_INDEX"] = str(worker.imserver_index)
+
+
+def post_worker_init(worker):
+    from imserver.web.app import watch_worker
+    watch_worker(worker)

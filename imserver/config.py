@@ -72,6 +72,13 @@ def _app_ids(v):
     return tuple(v)
 
 
+def _redis_url(v):
+    v = _str(v)
+    if v and not v.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+    return v
+
+
 # key -> (default, validator); the order is the order of the reference in docs/CONFIG.md
 SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.logFile": ("", _str),
@@ -81,6 +88,8 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.httpPort": (8080, _port),
     "app.webSocketPort": (8089, _port),
     "app.rpcPort": (9001, _port),
+    "app.rpcHost": ("0.0.0.0", _str),
+    "app.advertiseAddr": ("", _str),
     "app.httpUrl": ("", _str),
     "app.webSocketUrl": ("", _str),
     "app.workers": (1, _int_at_least(1)),
@@ -94,11 +103,15 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.presenceMaxRoom": (1000, _int_at_least(0)),
     "app.sendQueueBytes": (1 << 20, _int_at_least(1024)),
     "app.writeTimeout": (10.0, _seconds),
+    "app.reportInterval": (30.0, _seconds),
+    "app.rpcTimeout": (2.0, _seconds),
     "redis.addr": ("", _str),
+    "redis.url": ("", _redis_url),
     "redis.password": ("", _str),
     "redis.DB": (0, _int_at_least(0)),
     "redis.poolSize": (10, _int_at_least(1)),
     "redis.minIdleConns": (2, _int_at_least(0)),
+    "redis.timeout": (1.0, _seconds),
 }
 
 _BY_FOLDED = {k.lower(): k for k in SCHEMA}
@@ -179,13 +192,21 @@ def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = N
             cfg[key] = check(value)
         except ValueError as exc:
             raise ConfigError(f"{key} {exc}, got {value!r} (from {source})") from None
+    clustered = is_cluster(cfg)
     ports = [cfg["app.httpPort"], cfg["app.webSocketPort"]]
-    if cfg["redis.addr"]:
-        ports.append(cfg["app.rpcPort"])
+    if clustered:
+        ports += [cfg["app.rpcPort"] + i for i in range(cfg["app.workers"])]
     if len(set(ports)) != len(ports):
-        raise ConfigError("app.httpPort, app.webSocketPort and app.rpcPort must differ, "
-                          f"got {ports}")
-    if cfg["app.workers"] > 1 and not cfg["redis.addr"]:
+        raise ConfigError("app.httpPort, app.webSocketPort and the rpc ports (app.rpcPort + "
+                          f"worker index) must all differ, got {ports}")
+    if cfg["app.workers"] > 1 and not clustered:
         raise ConfigError("app.workers > 1 needs cluster mode (set redis.addr): in the embedded "
                           "mode each worker would be a separate node that no other knows")
+    if cfg["app.rpcPort"] + cfg["app.workers"] - 1 > 65535:
+        raise ConfigError("app.rpcPort + app.workers - 1 must be a port number <= 65535")
     return cfg
+
+
+def is_cluster(cfg: dict) -> bool:
+    """Cluster mode is on when a Redis is configured."""
+    return bool(cfg["redis.addr"] or cfg["redis.url"])

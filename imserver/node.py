@@ -10,6 +10,7 @@ from typing import Optional
 import gevent
 
 from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_online, user_record
+from .config import is_cluster
 from .commands import CommandRegistry, commands as default_commands
 from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, Connection
 from .hub import Hub
@@ -37,15 +38,16 @@ def resolve_advertise_ip(configured: str) -> str:
 
 
 class Node:
-    def __init__(self, cfg: dict, store: PresenceStore, relay: Relay,
-                 advertise_ip: str, command_registry: CommandRegistry = default_commands):
+    def __init__(self, cfg: dict, store: PresenceStore, relay: Relay, advertise_ip: str,
+                 rpc_port: Optional[int] = None,
+                 command_registry: CommandRegistry = default_commands):
         self.cfg = cfg
         self.store = store
         self.relay = relay
         self.hub = Hub()
         self.commands = command_registry
         self.ip = advertise_ip
-        self.rpc_port = cfg["app.rpcPort"]
+        self.rpc_port = cfg["app.rpcPort"] if rpc_port is None else rpc_port
         self.addr = f"{advertise_ip}:{self.rpc_port}"
         self.app_ids = frozenset(cfg["app.appIDs"])
         self.max_user_id = cfg["app.maxUserIDLength"]
@@ -53,16 +55,21 @@ class Node:
         self.started_at = time.time()
         self._seq = itertools.count(1)
         self._background = []
+        self._closers = []  # called at stop, last added first
+        self._store_healthy = True
+        self._peer_room_sizes: "dict[int, int]" = {}
         self.stopping = False
 
     # -- life ----------------------------------------------------------------------------
 
+    def on_stop(self, fn) -> None:
+        """Run ``fn()`` when the node stops (close a server, a pool)."""
+        self._closers.append(fn)
+
     def start(self) -> None:
         self._background.append(gevent.spawn(self._sweep_forever))
-        try:
-            self.store.report_node(self.addr)
-        except StoreError as exc:
-            log.warning("could not register node %s: %s", self.addr, exc)
+        self.report()
+        self._background.append(gevent.spawn(self._report_forever))
 
     def stop(self, close_code: int = 1001, reason: str = "server going away") -> None:
         """Leave the cluster and close every client (they reconnect elsewhere)."""
@@ -77,6 +84,49 @@ class Node:
             log.warning("could not unregister node %s: %s", self.addr, exc)
         for conn in tuple(self.hub.connections.values()):
             conn.close(close_code, reason)
+        for fn in reversed(self._closers):
+            try:
+                fn()
+            except Exception:
+                log.exception("error while stopping")
+
+    def _report_forever(self):
+        interval = self.cfg["app.reportInterval"]
+        while True:
+            gevent.sleep(interval)
+            try:
+                self.report()
+            except Exception:
+                log.exception("report failed")
+
+    def report(self) -> bool:
+        """Register this node as alive now, publish its room sizes and learn the peers';
+        after a store outage, write every local user's record again."""
+        try:
+            registered_anew = self.store.report_node(self.addr)
+            if (registered_anew or not self._store_healthy) and self.hub.rooms:
+                # The store was down or lost its data (a restart without persistence).
+                records = [self._record(c, c.heartbeat_time) for room in self.hub.rooms.values()
+                           for c in room.values()]
+                self.store.set_users(records)
+                log.warning("node %s registered again, %d user records rewritten",
+                            self.addr, len(records))
+            sizes = {a: len(r) for a, r in self.hub.rooms.items()}
+            self.store.report_room_sizes(self.addr, sizes, self.app_ids)
+            live = set(self.store.live_nodes())
+            peer_sizes = {}
+            for app_id in self.app_ids:
+                peer_sizes[app_id] = sum(n for a, n in self.store.room_sizes(app_id).items()
+                                         if a != self.addr and a in live)
+            self._peer_room_sizes = peer_sizes
+        except StoreError as exc:
+            if self._store_healthy:
+                log.warning("cluster store unavailable, node %s keeps serving its own "
+                            "users: %s", self.addr, exc)
+            self._store_healthy = False
+            return False
+        self._store_healthy = True
+        return True
 
     def _sweep_forever(self):
         interval = self.cfg["app.sweepInterval"]
@@ -201,10 +251,14 @@ class Node:
     def next_seq(self) -> str:
         return f"{int(time.time() * 1000)}-{next(self._seq)}"
 
+    def room_size(self, app_id: int) -> int:
+        """Members of the room in the cluster: exact here, as of the last report elsewhere."""
+        return self.hub.room_size(app_id) + self._peer_room_sizes.get(app_id, 0)
+
     def announce(self, app_id: int, user_id: str, cmd: str, message: str) -> None:
         """A presence event, while the room is small enough for N-squared deliveries."""
         limit = self.presence_max_room
-        if limit and self.hub.room_size(app_id) <= limit:
+        if limit and self.room_size(app_id) <= limit:
             self.push_to_room(app_id, user_id, self.next_seq(), cmd, "text", message)
 
     def deliver_local(self, app_id: int, sender: str, frame: bytes) -> int:
@@ -218,8 +272,30 @@ class Node:
                 delivered += 1
         return delivered
 
+    def deliver_frame_local(self, app_id: int, sender: str, seq: str, cmd: str, msg_type: str,
+                            message: str) -> int:
+        return self.deliver_local(app_id, sender,
+                                  text_frame(encode_push(seq, cmd, message, sender, msg_type)))
+
+    def deliver_to_local_user(self, app_id: int, user_id: str, seq: str, cmd: str,
+                              msg_type: str, message: str, sender: str) -> bool:
+        conn = self.hub.user(app_id, user_id)
+        return conn is not None and conn.send(
+            text_frame(encode_push(seq, cmd, message, sender, msg_type)))
+
     def peers(self) -> "list[str]":
+        """Live nodes but this one; raises StoreError."""
         return [a for a in self.store.live_nodes() if a != self.addr]
+
+    def drop_peers(self, peers) -> None:
+        """Take unreachable peers out of the live set at once; a live one registers
+        again at its next report."""
+        for peer in peers:
+            self.relay.forget(peer)
+            try:
+                self.store.remove_node(peer)
+            except StoreError:
+                pass
 
     def push_to_room(self, app_id: int, sender: str, seq: str, cmd: str, msg_type: str,
                      message: str) -> int:
@@ -234,16 +310,16 @@ class Node:
             failed = self.relay.broadcast(peers, app_id, sender, seq, cmd, msg_type, message)
             if failed:
                 log.warning("room %d: broadcast did not reach %s", app_id, ", ".join(failed))
+                self.drop_peers(failed)
         return delivered
 
     def push_to_user(self, app_id: int, user_id: str, seq: str, cmd: str, msg_type: str,
                      message: str, sender: str) -> "tuple[bool, str]":
-        """Deliver to one user wherever they are: (delivered, reason when not)."""
-        conn = self.hub.user(app_id, user_id)
-        if conn is not None:
-            if conn.send(text_frame(encode_push(seq, cmd, message, sender, msg_type))):
-                return True, ""
-            return False, "user connection is closing"
+        """Deliver to one user wherever they are: (delivered, reason when not).
+        Raises StoreError when the store cannot say where the user is, and RelayError
+        when the user's node cannot be reached."""
+        if self.deliver_to_local_user(app_id, user_id, seq, cmd, msg_type, message, sender):
+            return True, ""
         record = self.store.get_user(app_id, user_id)
         if not record_is_online(record):
             return False, "user is not online"
@@ -251,29 +327,36 @@ class Node:
         if peer == self.addr:
             return False, "user is not online"
         try:
-            if self.relay.send_to_user(peer, app_id, user_id, seq, cmd, msg_type, message):
+            if self.relay.send_to_user(peer, app_id, user_id, seq, cmd, msg_type, message,
+                                       sender):
                 return True, ""
-        except RelayError as exc:
-            log.warning("send to %s_%s via %s failed: %s", app_id, user_id, peer, exc)
-            return False, f"node {peer} unreachable"
+        except RelayError:
+            self.drop_peers([peer])
+            raise
         return False, "user is not online"
 
-    def user_list(self, app_id: int) -> "list[str]":
+    def user_list(self, app_id: int) -> "tuple[list[str], list[str]]":
+        """Users of the room on every live node, each once, and the nodes that did not
+        answer. Raises StoreError when the live nodes cannot be known."""
         users = self.hub.user_ids(app_id)
-        try:
-            peers = self.peers()
-        except StoreError:
-            peers = []
+        peers = self.peers()
+        failed = []
         if peers:
             remote, failed = self.relay.user_lists(peers, app_id)
             seen = set(users)
             users.extend(u for u in remote if not (u in seen or seen.add(u)))
-        return users
+            self.drop_peers(failed)
+        return users, failed
 
     def is_online(self, app_id: int, user_id: str) -> bool:
+        """Online here, or by a fresh record of a live node. Raises StoreError."""
         if self.hub.user(app_id, user_id) is not None:
             return True
-        return record_is_online(self.store.get_user(app_id, user_id))
+        record = self.store.get_user(app_id, user_id)
+        if not record_is_online(record):
+            return False
+        node = f"{record['accIp']}:{record['accPort']}"
+        return node != self.addr and node in self.store.live_nodes()
 
     def claim_msg_id(self, msg_id: str) -> bool:
         """True when ``msg_id`` is new (or empty: no deduplication); may raise StoreError."""
@@ -298,6 +381,8 @@ class Node:
         rooms = {str(app_id): len(users) for app_id, users in self.hub.rooms.items()}
         state = {
             "node": self.addr,
+            "mode": "cluster" if is_cluster(self.cfg) else "embedded",
+            "storeHealthy": self._store_healthy,
             "uptimeSeconds": int(time.time() - self.started_at),
             "connections": len(conns),
             "users": sum(rooms.values()),

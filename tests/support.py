@@ -1,15 +1,18 @@
 """Test support: real node processes and a WebSocket client that speaks the protocol."""
+import base64
 import itertools
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 import websocket
 import yaml
@@ -21,6 +24,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def unique_id(prefix="u") -> str:
+    """A user ID no other test uses (tests share the session's node)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def wait_until(predicate, timeout=5.0, interval=0.05, what="condition"):
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError
+    with its last value after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() >= deadline:
+            raise AssertionError(f"{what} not met within {timeout}s (last: {value!r})")
+        time.sleep(interval)
+
+
+CODE_MSG = {200: "Success", 1000: "未登录", 1001: "参数不合法", 1002: "非法的用户ID",
+            1003: "未授权", 1004: "系统错误", 1005: "没有数据", 1006: "添加错误",
+            1007: "删除错误", 1008: "存储错误", 1009: "操作失败", 1010: "路由不存在"}
+
+
+def reply(seq, cmd, code=200, data=None) -> dict:
+    """The reply envelope PROTOCOL.md specifies, as a dict (its key order too)."""
+    return {"seq": seq, "cmd": cmd,
+            "response": {"code": code, "codeMsg": CODE_MSG[code], "data": data}}
+
+
+def push(seq, cmd, msg, sender, msg_type="text", target="") -> dict:
+    """A server push (``msg``, ``enter``, ``exit``) as PROTOCOL.md specifies it."""
+    return {"seq": seq, "cmd": cmd, "response": {"code": 200, "codeMsg": "Ok", "data": {
+        "target": target, "type": msg_type, "msg": msg, "from": sender}}}
+
+
+def compact(obj) -> str:
+    """JSON text the way the node writes it: no spaces, UTF-8 as is."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 class NodeProcess:
@@ -122,8 +165,23 @@ class NodeProcess:
             headers={"Content-Type": "application/x-www-form-urlencoded"})
         return json.loads(data)
 
+    def post_json(self, path, obj, timeout=10) -> dict:
+        status, _, data = self.request("POST", path, body=json.dumps(obj).encode(),
+                                       timeout=timeout,
+                                       headers={"Content-Type": "application/json"})
+        return json.loads(data)
+
     def state(self, debug=False) -> dict:
         return self.get("/system/state", **({"isDebug": "true"} if debug else {}))["data"]
+
+    def connection_ids(self) -> "set[int]":
+        return {c["id"] for c in self.state(debug=True)["connectionList"]}
+
+    def worker_pids(self) -> "list[int]":
+        """PIDs of the gunicorn workers (children of the master, which is ``proc``)."""
+        out = subprocess.run(["ps", "--ppid", str(self.pid), "-o", "pid="],
+                             capture_output=True, text=True).stdout
+        return sorted(int(p) for p in out.split())
 
     def client(self, **kw) -> "Client":
         return Client(self.ws_url, **kw)
@@ -148,8 +206,9 @@ class Client:
     def send_raw(self, data, opcode=websocket.ABNF.OPCODE_TEXT) -> None:
         self.ws.send(data, opcode)
 
-    def recv_frame(self, timeout=10):
-        """Next data frame as a dict; None when the server closed (code kept)."""
+    def recv_raw(self, timeout=10):
+        """Next data message as (opcode, payload bytes); None when the server closed
+        (code kept)."""
         self.ws.settimeout(timeout)
         while True:
             opcode, data = self.ws.recv_data(control_frame=True)
@@ -161,7 +220,12 @@ class Client:
                     self.close_code = 1005
                 return None
             if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                return json.loads(data)
+                return opcode, data
+
+    def recv_frame(self, timeout=10):
+        """Next data frame as a dict; None when the server closed (code kept)."""
+        message = self.recv_raw(timeout)
+        return None if message is None else json.loads(message[1])
 
     def request(self, cmd, data=None, seq=None, timeout=10) -> dict:
         seq = seq if seq is not None else f"t-{next(_seq)}"
@@ -225,4 +289,100 @@ class Client:
         try:
             self.ws.close(timeout=1)
         except Exception:
+            pass
+
+
+class Clients:
+    """Opens clients and closes every one at the end: ``with Clients() as connect:
+    a = connect(node)``."""
+
+    def __init__(self):
+        self._open = []
+
+    def __call__(self, node, **kw) -> Client:
+        client = node.client(**kw)
+        self._open.append(client)
+        return client
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for client in self._open:
+            client.close()
+
+
+def ws_frame(opcode, payload=b"", fin=True, masked=True, rsv=0) -> bytes:
+    """One client frame built by hand, with the freedom to break the rules."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((first, mask_bit | n))
+    elif n <= 0xFFFF:
+        head = bytes((first, mask_bit | 126)) + struct.pack("!H", n)
+    else:
+        head = bytes((first, mask_bit | 127)) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class RawSocket:
+    """A WebSocket connection on a plain socket, for what websocket-client refuses to
+    send: broken frames, a frame cut in half, a peer that vanishes."""
+
+    def __init__(self, node, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", node.ws_port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /acc HTTP/1.1\r\nHost: 127.0.0.1:{node.ws_port}\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"handshake failed: {head!r}")
+            head += chunk
+        head, _, self._buf = head.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(f"handshake failed: {head!r}")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _read(self, n):
+        while len(self._buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def read_frame(self, timeout=10) -> "tuple[int, bytes]":
+        """The next frame from the server: (opcode, payload). EOFError at end of stream."""
+        self.sock.settimeout(timeout)
+        b0, b1 = self._read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._read(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._read(8))[0]
+        return b0 & 0x0F, self._read(n)
+
+    def close_code(self, timeout=10) -> int:
+        """Read until the server's close frame: its code."""
+        deadline = time.time() + timeout
+        while True:
+            opcode, payload = self.read_frame(max(0.01, deadline - time.time()))
+            if opcode == 0x8:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
             pass

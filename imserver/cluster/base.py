@@ -65,8 +65,9 @@ class PresenceStore(abc.ABC):
         """Forget a claim whose delivery failed, so that a retry can deliver."""
 
     @abc.abstractmethod
-    def report_node(self, addr: str) -> None:
-        """Mark node ``addr`` ("ip:rpcPort") alive now."""
+    def report_node(self, addr: str) -> bool:
+        """Mark node ``addr`` ("ip:rpcPort") alive now. True when the node was not
+        registered (first report, or the store lost its state)."""
 
     @abc.abstractmethod
     def remove_node(self, addr: str) -> None:
@@ -75,6 +76,19 @@ class PresenceStore(abc.ABC):
     @abc.abstractmethod
     def live_nodes(self) -> "list[str]":
         """Addresses of nodes whose last report is under ONLINE_FRESH_SECONDS old."""
+
+    def set_users(self, records: "list[dict]") -> None:
+        """Write many records at once (after a store outage)."""
+        for record in records:
+            self.set_user(record)
+
+    @abc.abstractmethod
+    def report_room_sizes(self, addr: str, sizes: "dict[int, int]", app_ids) -> None:
+        """Publish how many users each room of ``app_ids`` has on node ``addr``."""
+
+    @abc.abstractmethod
+    def room_sizes(self, app_id: int) -> "dict[str, int]":
+        """Node address -> users of the room there, as last published."""
 
     def prune(self) -> None:
         """Drop expired entries; for stores that do not expire them by themselves."""
@@ -89,7 +103,7 @@ class Relay(abc.ABC):
 
     @abc.abstractmethod
     def send_to_user(self, peer: str, app_id: int, user_id: str, seq: str, cmd: str,
-                     msg_type: str, msg: str) -> bool:
+                     msg_type: str, msg: str, sender: str = "") -> bool:
         """Ask ``peer`` to push a frame to its local user; True if it was delivered.
         Raises RelayError when the peer cannot be reached in time."""
 
@@ -102,6 +116,9 @@ class Relay(abc.ABC):
     @abc.abstractmethod
     def user_lists(self, peers: "list[str]", app_id: int) -> "tuple[list[str], list[str]]":
         """Users of ``app_id`` on the peers, asked in parallel: (user IDs, failed peers)."""
+
+    def forget(self, peer: str) -> None:
+        """Drop what is kept for an unreachable peer (its channel)."""
 
     def close(self) -> None:
         """Close channels."""

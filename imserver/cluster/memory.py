@@ -14,6 +14,7 @@ class MemoryPresenceStore(PresenceStore):
         self._users: "dict[str, tuple[float, dict]]" = {}
         self._msg_ids: "OrderedDict[str, float]" = OrderedDict()
         self._nodes: "dict[str, float]" = {}
+        self._room_sizes: "dict[int, dict[str, int]]" = {}
 
     def set_user(self, record: dict) -> None:
         key = f"{record['appID']}_{record['userID']}"
@@ -43,8 +44,10 @@ class MemoryPresenceStore(PresenceStore):
     def release_msg_id(self, msg_id: str) -> None:
         self._msg_ids.pop(msg_id, None)
 
-    def report_node(self, addr: str) -> None:
+    def report_node(self, addr: str) -> bool:
+        new = addr not in self._nodes
         self._nodes[addr] = self._clock()
+        return new
 
     def remove_node(self, addr: str) -> None:
         self._nodes.pop(addr, None)
@@ -52,6 +55,13 @@ class MemoryPresenceStore(PresenceStore):
     def live_nodes(self) -> "list[str]":
         now = self._clock()
         return [a for a, t in self._nodes.items() if now - t < ONLINE_FRESH_SECONDS]
+
+    def report_room_sizes(self, addr: str, sizes: "dict[int, int]", app_ids) -> None:
+        for app_id in app_ids:
+            self._room_sizes.setdefault(app_id, {})[addr] = sizes.get(app_id, 0)
+
+    def room_sizes(self, app_id: int) -> "dict[str, int]":
+        return dict(self._room_sizes.get(app_id, {}))
 
     def prune(self) -> None:
         now = self._clock()
@@ -67,7 +77,7 @@ class MemoryPresenceStore(PresenceStore):
 class NoPeersRelay(Relay):
     """The relay of a node that has no peers: there is never anyone to relay to."""
 
-    def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg) -> bool:
+    def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg, sender="") -> bool:
         return False
 
     def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg) -> "list[str]":

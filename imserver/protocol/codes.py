@@ -15,6 +15,7 @@ class Code(IntEnum):
     MODEL_STORE_ERROR = 1008
     OPERATION_FAILURE = 1009
     ROUTING_NOT_EXIST = 1010
+    NODE_UNREACHABLE = 1100
 
     @property
     def message(self) -> str:
@@ -34,6 +35,7 @@ _MESSAGES = {
     Code.MODEL_STORE_ERROR: "存储错误",
     Code.OPERATION_FAILURE: "操作失败",
     Code.ROUTING_NOT_EXIST: "路由不存在",
+    Code.NODE_UNREACHABLE: "节点不可达",
 }
 
 

@@ -1,7 +1,7 @@
 """The HTTP API for back-end systems: who is online, and pushes to a user or a room."""
 from flask import Blueprint, Response, request
 
-from ..cluster import StoreError
+from ..cluster import RelayError, StoreError
 from ..protocol import Code
 from .app import get_node
 from .responses import add_cors, json_answer, params
@@ -31,6 +31,11 @@ def bad_parameter(exc: BadParameter):
 @bp.errorhandler(StoreError)
 def store_error(exc: StoreError):
     return json_answer(Code.SERVER_ERROR, None, f"cluster store unavailable: {exc}")
+
+
+@bp.errorhandler(RelayError)
+def relay_error(exc: RelayError):
+    return json_answer(Code.NODE_UNREACHABLE, {"sendResults": False}, f"the user's node is unreachable: {exc}")
 
 
 def _app_id(p: dict, required: bool = True):
@@ -72,8 +77,11 @@ def _user_id(p: dict, name="userID") -> str:
 @bp.route("/list", methods=["GET", "POST", "OPTIONS"])
 def user_list():
     p = params()
-    users = get_node().user_list(_app_id(p))
-    return json_answer(data={"userCount": len(users), "userList": users})
+    users, unreachable = get_node().user_list(_app_id(p))
+    data = {"userCount": len(users), "userList": users}
+    if unreachable:
+        data["unreachableNodes"] = unreachable
+    return json_answer(data=data)
 
 
 @bp.route("/online", methods=["GET", "POST", "OPTIONS"])
@@ -93,6 +101,15 @@ def _send_fields(p: dict):
     return msg_id, message
 
 
+def _claim(node, msg_id: str) -> "tuple[bool, str]":
+    """(msgID is new, store error text). Without the store, a send is delivered anyway
+    (at least once rather than lost): users of this node keep chatting through an outage."""
+    try:
+        return node.claim_msg_id(msg_id), ""
+    except StoreError as exc:
+        return True, f"cluster store unavailable ({exc}); msgID not deduplicated"
+
+
 @bp.route("/sendMessage", methods=["POST", "OPTIONS"])
 def send_message():
     p = params()
@@ -101,14 +118,22 @@ def send_message():
     msg_id, message = _send_fields(p)
     sender = _text(p, "from", "from", required=False)
     node = get_node()
-    if not node.claim_msg_id(msg_id):
+    fresh, store_error = _claim(node, msg_id)
+    if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
     seq = msg_id or node.next_seq()
-    delivered, reason = node.push_to_user(app_id, user_id, seq, "msg", "text", message, sender)
-    if not delivered:
+    try:
+        delivered, reason = node.push_to_user(app_id, user_id, seq, "msg", "text", message, sender)
+    except (StoreError, RelayError):
         node.release_msg_id(msg_id)  # a later retry may still deliver it
+        raise
+    if not delivered:
+        node.release_msg_id(msg_id)
         return json_answer(data={"sendResults": False, "sendResultsErr": reason})
-    return json_answer(data={"sendResults": True})
+    data = {"sendResults": True}
+    if store_error:
+        data["sendResultsErr"] = store_error
+    return json_answer(data=data)
 
 
 @bp.route("/sendMessageAll", methods=["POST", "OPTIONS"])
@@ -118,8 +143,12 @@ def send_message_all():
     sender = _user_id(p)
     msg_id, message = _send_fields(p)
     node = get_node()
-    if not node.claim_msg_id(msg_id):
+    fresh, store_error = _claim(node, msg_id)
+    if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
     seq = msg_id or node.next_seq()
     node.push_to_room(app_id, sender, seq, "msg", "text", message)
-    return json_answer(data={"sendResults": True})
+    data = {"sendResults": True}
+    if store_error:
+        data["sendResultsErr"] = store_error + "; delivered on this node only"
+    return json_answer(data=data)

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask, current_app, request
 
-from ..config import load_config
+from ..config import is_cluster, load_config
 from ..node import Node, resolve_advertise_ip
 from ..protocol import Code
 from .responses import json_answer
@@ -26,11 +26,50 @@ def _require_gevent_patching():
             "before importing anything else")
 
 
+WORKER_INDEX_ENV = "IMSERVER_WORKER_INDEX"  # set by gunicorn.conf.py for each worker
+_nodes: "list[Node]" = []  # nodes of this process, stopped when the worker stops
+
+
 def build_node(cfg: dict) -> Node:
-    """Pick the cluster engines for the configured mode and make the node."""
-    from ..cluster import MemoryPresenceStore, NoPeersRelay
-    store, relay = MemoryPresenceStore(), NoPeersRelay()
-    return Node(cfg, store, relay, resolve_advertise_ip(""))
+    """Pick the cluster engines for the configured mode and make the node. In cluster
+    mode each gunicorn worker is a node of its own, on rpc port app.rpcPort + index."""
+    rpc_port = cfg["app.rpcPort"] + int(os.environ.get(WORKER_INDEX_ENV, "0"))
+    advertise_ip = resolve_advertise_ip(cfg["app.advertiseAddr"])
+    if not is_cluster(cfg):
+        from ..cluster import MemoryPresenceStore, NoPeersRelay
+        return Node(cfg, MemoryPresenceStore(), NoPeersRelay(), advertise_ip, rpc_port)
+
+    from ..cluster.grpc_relay import enable_gevent
+    enable_gevent()  # before any gRPC object exists
+    from ..cluster.grpc_relay import GrpcRelay, start_server
+    from ..cluster.redis_store import RedisPresenceStore, connection_pool
+
+    store = RedisPresenceStore(connection_pool(
+        cfg["redis.url"], cfg["redis.addr"], cfg["redis.password"], cfg["redis.DB"],
+        cfg["redis.poolSize"], cfg["redis.timeout"]))
+    relay = GrpcRelay(cfg["app.rpcTimeout"])
+    node = Node(cfg, store, relay, advertise_ip, rpc_port)
+    node.on_stop(store.close)
+    node.on_stop(relay.close)
+    server = start_server(node, cfg["app.rpcHost"], rpc_port)
+    node.on_stop(lambda: server.stop(grace=1))
+    return node
+
+
+def watch_worker(worker, interval: float = 0.2) -> None:
+    """Stop this process's nodes as soon as gunicorn asks the worker to exit (SIGTERM,
+    graceful reload): leave the registry and close clients with 1001 at once, instead
+    of after the graceful timeout."""
+    import gevent
+
+    def watch():
+        while worker.alive:
+            gevent.sleep(interval)
+        log.info("worker stopping: closing %d node(s)", len(_nodes))
+        for node in _nodes:
+            node.stop()
+
+    gevent.spawn(watch)
 
 
 def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optional[str] = None,
@@ -45,6 +84,7 @@ def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optio
     app.json.sort_keys = False
 
     node = build_node(cfg)
+    _nodes.append(node)
     app.extensions[NODE_KEY] = node
 
     from . import acc, api, home, system
@@ -65,7 +105,7 @@ def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optio
         node.start()
         log.info("node %s serving appIDs %s in %s mode", node.addr,
                  ",".join(map(str, cfg["app.appIDs"])),
-                 "cluster" if cfg["redis.addr"] else "embedded single-node")
+                 "cluster" if is_cluster(cfg) else "embedded single-node")
     return app
 
 

@@ -397,6 +397,8 @@
     }
     els.onlineList.textContent = '';
     els.onlineList.appendChild(fragment);
+    // While we are not logged in the list may be out of date: show it faded.
+    els.onlineList.classList.toggle('stale', !conn.loggedIn);
     els.onlineCount.textContent = String(names.length);
     els.onlineCountShort.textContent = String(names.length);
   }
@@ -641,6 +643,7 @@
     rejectPending('connection closed');
     conn.loggedIn = false;
     online.delete(myName);
+    renderOnline();
     updatePolling();
   }
 

@@ -214,21 +214,35 @@ def scenario_mobile(run, browser, http_url, out_dir):
 
 
 def scenario_refused(run, browser, http_url, out_dir):
-    """The page asks for a room the node does not serve: it shows 1003 and stays down."""
+    """The login asks for a room the node does not serve: the page shows 1003 and stays down.
+
+    The page's login frame is rewritten on its way to the real node (appID 999). The page
+    itself is served untouched: Chromium refuses a loopback WebSocket from a document that
+    a route fulfilled (local network access checks)."""
     url = f"{http_url}/home/index?appID=101"
     context = browser.new_context()
     page = context.new_page()
     run.watch("refused", page)
     sockets = []
-    page.on("websocket", lambda ws: sockets.append(ws.url))
 
-    def other_room(route):
-        response = route.fetch()
-        body = re.sub(r'"appID": ?101\b', '"appID": 999', response.text(), count=1)
-        run.facts["config_rewritten"] = '"appID": 999' in body
-        route.fulfill(response=response, body=body)
+    def other_room(ws):
+        server = ws.connect_to_server()
+        sockets.append(ws)
 
-    page.route(re.compile(r".*/home/index\b.*"), other_room)
+        def forward(message):
+            try:
+                frame = json.loads(message)
+            except (TypeError, ValueError):
+                frame = None
+            if isinstance(frame, dict) and frame.get("cmd") == "login":
+                frame["data"]["appID"] = 999
+                message = json.dumps(frame)
+                run.facts["login_rewritten"] = True
+            server.send(message)
+
+        ws.on_message(forward)
+
+    page.route_web_socket(re.compile(r".*/acc$"), other_room)
     run.step = "login to a closed room"
     page.goto(url, wait_until="domcontentloaded")
     run.wait(page, "() => document.querySelector('[data-testid=status]')"
@@ -238,6 +252,8 @@ def scenario_refused(run, browser, http_url, out_dir):
     page.wait_for_timeout(2500)  # a reconnect would be due by now
     run.facts["sockets"] = len(sockets)
     run.facts["status_after_wait"] = page.evaluate(JS_STATUS)
+    if out_dir:
+        page.screenshot(path=os.path.join(out_dir, "chat-refused.png"))
     context.close()
 
 
@@ -282,6 +298,8 @@ def scenario_reconnect(run, browser, http_url, out_dir):
     run.facts["sockets_after_replaced"] = len(routes)
     run.facts["status_after_replaced"] = page.evaluate(JS_STATUS)
     run.facts["banner"] = page.locator("#banner").text_content()
+    if out_dir:
+        page.screenshot(path=os.path.join(out_dir, "chat-replaced.png"))
     context.close()
 
 

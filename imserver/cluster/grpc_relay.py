@@ -1,0 +1,145 @@
+"""Relay over gRPC: the ``AccServer`` service of PROTOCOL.md, client and server.
+
+gRPC runs cooperatively under gevent once ``init_gevent()`` has run (after
+monkey-patching, before any gRPC object exists): ``enable_gevent()`` does that. One
+channel per peer is kept and reused; every call has a deadline; a broadcast or a
+user-list query goes to all peers at once.
+"""
+import logging
+from concurrent import futures
+
+import gevent
+import grpc
+
+from ..protocol import Code
+from .base import Relay, RelayError
+from .pb import accserver_pb2 as pb
+from .pb import accserver_pb2_grpc as pb_grpc
+
+log = logging.getLogger("imserver.relay")
+
+_gevent_ready = False
+
+CHANNEL_OPTIONS = [
+    # A restarted peer is found again within seconds, not gRPC's default two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.enable_retries", 0),
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 5000),
+]
+
+
+def enable_gevent() -> None:
+    """Make grpcio cooperate with gevent; idempotent, and must precede any gRPC object."""
+    global _gevent_ready
+    if not _gevent_ready:
+        from grpc.experimental import gevent as grpc_gevent
+        grpc_gevent.init_gevent()
+        _gevent_ready = True
+
+
+class GrpcRelay(Relay):
+    def __init__(self, timeout: float, metadata=()):
+        self.timeout = timeout
+        self._metadata = tuple(metadata)
+        self._stubs = {}
+
+    def _stub(self, peer: str) -> pb_grpc.AccServerStub:
+        stub = self._stubs.get(peer)
+        if stub is None:
+            channel = grpc.insecure_channel(peer, options=CHANNEL_OPTIONS)
+            stub = self._stubs[peer] = pb_grpc.AccServerStub(channel)
+            stub.channel = channel
+        return stub
+
+    def _call(self, peer: str, method: str, request):
+        try:
+            return getattr(self._stub(peer), method)(request, timeout=self.timeout,
+                                                     metadata=self._metadata)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            raise RelayError(f"{peer} {method}: {code.name if code else exc}") from None
+
+    def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg, sender="") -> bool:
+        rsp = self._call(peer, "SendMsg", pb.SendMsgReq(
+            seq=seq, appID=app_id, userID=user_id, cms=cmd, type=msg_type, msg=msg,
+            sender=sender))
+        return rsp.retCode == Code.OK
+
+    def _fan_out(self, peers, method, request):
+        jobs = {peer: gevent.spawn(self._call, peer, method, request) for peer in peers}
+        gevent.joinall(list(jobs.values()), timeout=self.timeout + 1)
+        answers, failed = {}, []
+        for peer, job in jobs.items():
+            if job.successful():
+                answers[peer] = job.value
+            else:
+                job.kill(block=False)
+                failed.append(peer)
+                log.warning("%s", job.exception or f"{peer} {method}: no answer")
+        return answers, failed
+
+    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg) -> "list[str]":
+        request = pb.SendMsgAllReq(seq=seq, appID=app_id, userID=sender, cms=cmd,
+                                   type=msg_type, msg=msg)
+        answers, failed = self._fan_out(peers, "SendMsgAll", request)
+        return failed + [p for p, rsp in answers.items() if rsp.retCode != Code.OK]
+
+    def user_lists(self, peers, app_id):
+        answers, failed = self._fan_out(peers, "GetUserList", pb.GetUserListReq(appID=app_id))
+        users = []
+        for rsp in answers.values():
+            users.extend(rsp.userID)
+        return users, failed
+
+    def forget(self, peer: str) -> None:
+        stub = self._stubs.pop(peer, None)
+        if stub is not None:
+            stub.channel.close()
+
+    def close(self) -> None:
+        for peer in list(self._stubs):
+            self.forget(peer)
+
+
+class AccServerServicer(pb_grpc.AccServerServicer):
+    """Serves peers' calls from this node's hub."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def QueryUsersOnline(self, request, context):
+        online = self.node.hub.user(request.appID, request.userID) is not None
+        return pb.QueryUsersOnlineRsp(retCode=Code.OK, online=online)
+
+    def SendMsg(self, request, context):
+        if self.node.deliver_to_local_user(request.appID, request.userID, request.seq,
+                                           request.cms or "msg", request.type or "text",
+                                           request.msg, request.sender):
+            return pb.SendMsgRsp(retCode=Code.OK, sendMsgID=request.seq)
+        return pb.SendMsgRsp(retCode=Code.NOT_DATA, errMsg="user not on this node")
+
+    def SendMsgAll(self, request, context):
+        self.node.deliver_frame_local(request.appID, request.userID, request.seq,
+                                      request.cms or "msg", request.type or "text", request.msg)
+        return pb.SendMsgAllRsp(retCode=Code.OK, sendMsgID=request.seq)
+
+    def GetUserList(self, request, context):
+        return pb.GetUserListRsp(retCode=Code.OK, userID=self.node.hub.user_ids(request.appID))
+
+
+def start_server(node, host: str, port: int, max_workers: int = 64) -> grpc.Server:
+    """Serve AccServer on host:port; raises RuntimeError when the port cannot be bound."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_AccServerServicer_to_server(AccServerServicer(node), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise RuntimeError(f"cannot listen for gRPC on {host}:{port} (app.rpcPort in use?)")
+    server.start()
+    return server

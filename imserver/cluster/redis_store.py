@@ -1,0 +1,123 @@
+"""PresenceStore on Redis, with the original system's key names and value formats
+(PROTOCOL.md, "Cluster store"), so that nodes of both can share one Redis.
+
+redis-py works under gevent through the patched socket module. Every call is bounded:
+the pool hands out a connection within ``timeout`` seconds, each command answers
+within ``timeout`` seconds, and a failed command is retried once. Any failure becomes
+StoreError, which callers answer with a clear code instead of hanging.
+"""
+import json
+import time
+from typing import Optional
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .base import MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, StoreError
+
+SERVERS_KEY = "acc:hash:servers"
+USER_KEY_PREFIX = "acc:user:online:"
+MSG_ID_KEY_PREFIX = "acc:submit:again:seq:"
+ROOM_SIZE_KEY_PREFIX = "acc:hash:room:size:"  # this project's addition: node -> local room size
+
+# Records written by other implementations may spell keys differently (appId, userId).
+_CANONICAL = {k.lower(): k for k in (
+    "accIp", "accPort", "appID", "userID", "clientIp", "clientPort", "loginTime",
+    "heartbeatTime", "logOutTime", "qua", "deviceInfo", "isLogoff")}
+
+
+def connection_pool(url: str, addr: str, password: str, db: int, pool_size: int,
+                    timeout: float) -> redis.BlockingConnectionPool:
+    options = dict(max_connections=pool_size, timeout=timeout, socket_timeout=timeout,
+                   socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1),
+                   health_check_interval=30)
+    if url:
+        return redis.BlockingConnectionPool.from_url(url, **options)
+    host, _, port = addr.rpartition(":")
+    if not host:
+        host, port = addr, "6379"
+    return redis.BlockingConnectionPool(host=host.strip("[]"), port=int(port),
+                                        password=password or None, db=db, **options)
+
+
+class RedisPresenceStore(PresenceStore):
+    def __init__(self, pool: redis.BlockingConnectionPool, clock=time.time):
+        self._redis = redis.Redis(connection_pool=pool)
+        self._clock = clock
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from None
+
+    def ping(self) -> None:
+        self._call(self._redis.ping)
+
+    def set_user(self, record: dict) -> None:
+        key = f"{USER_KEY_PREFIX}{record['appID']}_{record['userID']}"
+        value = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        self._call(self._redis.set, key, value, ex=USER_RECORD_TTL)
+
+    def set_users(self, records: "list[dict]") -> None:
+        """Write many records in one round trip (re-registration after an outage)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for record in records:
+            key = f"{USER_KEY_PREFIX}{record['appID']}_{record['userID']}"
+            pipe.set(key, json.dumps(record, ensure_ascii=False, separators=(",", ":")),
+                     ex=USER_RECORD_TTL)
+        self._call(pipe.execute)
+
+    def get_user(self, app_id: int, user_id: str) -> Optional[dict]:
+        raw = self._call(self._redis.get, f"{USER_KEY_PREFIX}{app_id}_{user_id}")
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        return {_CANONICAL.get(str(k).lower(), k): v for k, v in data.items()}
+
+    def claim_msg_id(self, msg_id: str) -> bool:
+        # One atomic SET NX EX: exactly one claimant in the whole cluster wins.
+        return bool(self._call(self._redis.set, MSG_ID_KEY_PREFIX + msg_id, "1",
+                               nx=True, ex=MSG_ID_TTL))
+
+    def release_msg_id(self, msg_id: str) -> None:
+        self._call(self._redis.delete, MSG_ID_KEY_PREFIX + msg_id)
+
+    def report_node(self, addr: str) -> bool:
+        return self._call(self._redis.hset, SERVERS_KEY, addr, str(int(self._clock()))) == 1
+
+    def remove_node(self, addr: str) -> None:
+        self._call(self._redis.hdel, SERVERS_KEY, addr)
+
+    def live_nodes(self) -> "list[str]":
+        entries = self._call(self._redis.hgetall, SERVERS_KEY)
+        now = self._clock()
+        live = []
+        for addr, reported in entries.items():
+            try:
+                if now - int(reported) < ONLINE_FRESH_SECONDS:
+                    live.append(addr.decode())
+            except ValueError:
+                continue
+        return sorted(live)
+
+    def report_room_sizes(self, addr: str, sizes: "dict[int, int]", app_ids) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for app_id in app_ids:
+            key = f"{ROOM_SIZE_KEY_PREFIX}{app_id}"
+            pipe.hset(key, addr, sizes.get(app_id, 0))
+            pipe.expire(key, USER_RECORD_TTL)
+        self._call(pipe.execute)
+
+    def room_sizes(self, app_id: int) -> "dict[str, int]":
+        entries = self._call(self._redis.hgetall, f"{ROOM_SIZE_KEY_PREFIX}{app_id}")
+        return {a.decode(): int(n) for a, n in entries.items() if n.isdigit()}
+
+    def close(self) -> None:
+        self._redis.connection_pool.disconnect()

@@ -1,0 +1,290 @@
+"""The ways a node is started: ``python -m imserver`` (--check, config errors, a real node and
+its logs), ``create_app()`` outside gevent, and the values gunicorn.conf.py hands gunicorn."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from imserver.config import load_config
+from support import ROOT, NodeProcess
+
+
+def clean_env(**extra) -> dict:
+    """This process's environment without IMSERVER_* variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMSERVER_")}
+    env.update(extra)
+    return env
+
+
+def run(args, env=None, cwd=ROOT, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable] + args, cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def read(path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return ""
+
+
+# -- python -m imserver --check ---------------------------------------------------------------
+
+def test_check_prints_the_config_and_exits_0():
+    result = run(["-m", "imserver", "--check"])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    cfg = load_config(os.path.join(ROOT, "config", "app.yaml"), env={})
+    assert result.stdout.splitlines() == [f"{k}: {v!r}" for k, v in cfg.items()]
+    lines = result.stdout.splitlines()
+    assert "app.httpPort: 8080" in lines
+    assert "app.webSocketPort: 8089" in lines
+    assert "app.appIDs: (101, 102, 103, 104)" in lines
+    assert "redis.addr: ''" in lines
+
+
+def test_check_shows_env_and_config_file_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("app:\n  httpPort: 18080\n  logLevel: debug\n")
+    result = run(["-m", "imserver", "--config", str(path), "--check"],
+                 env=clean_env(IMSERVER_APP_WEBSOCKETPORT="18089"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "app.httpPort: 18080" in lines
+    assert "app.webSocketPort: 18089" in lines
+    assert "app.logLevel: 'debug'" in lines
+
+
+def test_check_reads_the_file_named_by_imserver_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("app:\n  rpcPort: 19999\n")
+    result = run(["-m", "imserver", "--check"], env=clean_env(IMSERVER_CONFIG=str(path)))
+    assert result.returncode == 0, result.stderr
+    assert "app.rpcPort: 19999" in result.stdout.splitlines()
+
+
+def test_bad_env_value_exits_2_with_one_line():
+    result = run(["-m", "imserver", "--check"], env=clean_env(IMSERVER_APP_HTTPPORT="abc"))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == ("imserver: config error: app.httpPort must be a port number from 1 to "
+                        "65535, got 'abc' (from environment variable IMSERVER_APP_HTTPPORT)")
+
+
+def test_bad_value_without_check_exits_2_before_starting(tmp_path):
+    result = run(["-m", "imserver"], env=clean_env(IMSERVER_APP_HTTPPORT="abc"))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "app.httpPort" in lines[0]
+
+
+def test_missing_config_file_exits_2_with_one_line():
+    result = run(["-m", "imserver", "--config", "/nonexistent.yaml"])
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "imserver: config error: config file /nonexistent.yaml: No such file or directory"]
+
+
+def test_invalid_yaml_exits_2_with_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("app:\n  httpPort: 8081\n webSocketPort: 1\n")
+    result = run(["-m", "imserver", "--config", str(path), "--check"])
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"imserver: config error: config file {path} line 3: not valid YAML"]
+
+
+def test_unknown_option_exits_2():
+    result = run(["-m", "imserver", "--bogus"])
+    assert result.returncode == 2
+    assert "--bogus" in result.stderr
+
+
+# -- a real node ------------------------------------------------------------------------------------
+
+ACCESS_LINE = re.compile(r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /user/list\?appID=101 HTTP/1\.1" 200 ')
+
+
+def _start_logging_node(tmp_path, name, **app):
+    node = NodeProcess(tmp_path, {"app": app}, name=name).start()
+    answer = node.get("/user/list", appID=101)
+    assert answer == {"code": 200, "msg": "Success", "data": {"userCount": 0, "userList": []}}
+    return node
+
+
+def test_node_writes_application_and_access_log_to_log_file(tmp_path):
+    node = _start_logging_node(tmp_path, "logged", logLevel="debug")
+    log_file = node.config["app"]["logFile"]
+    try:
+        app_line = re.compile(r"INFO imserver: node \S+:%d serving appIDs 101,102,103,104 in "
+                              r"embedded single-node mode" % node.rpc_port)
+        assert wait_for(lambda: ACCESS_LINE.search(read(log_file))), read(log_file)
+        assert wait_for(lambda: ACCESS_LINE.search(node.output())), node.output()
+        log_text = read(log_file)
+        assert app_line.search(log_text), log_text
+        assert app_line.search(node.output())
+        assert "INFO gunicorn.error: Booting worker with pid: " in log_text
+        # logLevel debug: debug lines in both places
+        assert re.search(r"^\S+ \S+ \[\d+\] DEBUG ", log_text, re.M), log_text
+        assert re.search(r"^\S+ \S+ \[\d+\] DEBUG ", node.output(), re.M)
+    finally:
+        node.stop()
+
+
+def test_log_level_info_has_no_debug_lines(tmp_path):
+    node = _start_logging_node(tmp_path, "quiet", logLevel="info")
+    log_file = node.config["app"]["logFile"]
+    try:
+        assert wait_for(lambda: ACCESS_LINE.search(read(log_file))), read(log_file)
+    finally:
+        node.stop()
+    log_text = read(log_file)
+    assert "INFO imserver: node " in log_text
+    assert " DEBUG " not in log_text
+    assert " DEBUG " not in node.output()
+
+
+def test_websocket_connection_gets_an_access_line(tmp_path):
+    node = _start_logging_node(tmp_path, "wslog", logLevel="info")
+    log_file = node.config["app"]["logFile"]
+    try:
+        client = node.client()
+        assert client.request("ping")["response"]["data"] == "pong"
+        client.close()
+        ws_line = re.compile(r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /acc HTTP/1\.1" 101 ')
+        assert wait_for(lambda: ws_line.search(read(log_file))), read(log_file)
+    finally:
+        node.stop()
+
+
+def test_access_log_false_keeps_application_log(tmp_path):
+    node = _start_logging_node(tmp_path, "noaccess", logLevel="info", accessLog=False)
+    log_file = node.config["app"]["logFile"]
+    try:
+        node.get("/system/state")
+        assert wait_for(lambda: "INFO imserver: node " in read(log_file))
+        time.sleep(0.3)
+    finally:
+        node.stop()
+    assert "gunicorn.access" not in read(log_file)
+    assert "gunicorn.access" not in node.output()
+
+
+# -- create_app outside gevent ---------------------------------------------------------------------
+
+def test_create_app_without_monkey_patching_raises():
+    script = (
+        "import sys\n"
+        "from imserver.web import create_app\n"
+        "try:\n"
+        "    create_app()\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+        "print('no error')\n"
+    )
+    result = run(["-c", script])
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "monkey-patching" in result.stdout
+    assert "python -m imserver" in result.stdout
+
+
+def test_create_app_with_monkey_patching_has_the_routes(tmp_path):
+    # This suite runs monkey-patched, as the node does.
+    from imserver.web import create_app, get_node
+    path = tmp_path / "c.yaml"
+    path.write_text("app:\n  httpPort: 18080\n  webSocketPort: 18089\n")
+    app = create_app(config_path=str(path), overrides={"app.appIDs": [7]}, start=False)
+    assert app.config["IMSERVER"]["app.httpPort"] == 18080
+    assert app.config["IMSERVER"]["app.appIDs"] == (7,)
+    rules = {r.rule for r in app.url_map.iter_rules()}
+    assert {"/acc", "/user/list", "/user/online", "/user/sendMessage", "/user/sendMessageAll",
+            "/system/state", "/home/index"} <= rules
+    with app.app_context():
+        assert get_node().app_ids == frozenset({7})
+
+
+# -- gunicorn.conf.py ---------------------------------------------------------------------------------
+
+GUNICORN_PROBE = (
+    "import json, runpy, sys\n"
+    "ns = runpy.run_path(sys.argv[1])\n"
+    "keys = ('bind', 'workers', 'worker_connections', 'worker_class', 'wsgi_app', 'loglevel',\n"
+    "        'access_log_format', 'control_socket_disable', 'logconfig_dict')\n"
+    "print(json.dumps({k: ns[k] for k in keys}))\n"
+)
+
+
+def test_gunicorn_conf_values_come_from_the_config(tmp_path):
+    log_file = tmp_path / "logs" / "g.log"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"app": {"host": "127.0.0.1", "httpPort": 18080,
+                                            "webSocketPort": 18089, "logFile": str(log_file),
+                                            "logLevel": "warning"}}))
+    env = clean_env(IMSERVER_CONFIG=str(path), IMSERVER_APP_WORKERCONNECTIONS="1234")
+    result = run(["-c", GUNICORN_PROBE, os.path.join(ROOT, "gunicorn.conf.py")], env=env,
+                 cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    ns = json.loads(result.stdout)
+    assert ns["bind"] == ["127.0.0.1:18080", "127.0.0.1:18089"]
+    assert ns["worker_connections"] == 1234
+    assert ns["worker_class"] == "imserver.worker.WebSocketWorker"
+    assert ns["workers"] == 1
+    assert ns["wsgi_app"] == "imserver.web:create_app()"
+    assert ns["loglevel"] == "warning"
+    assert ns["control_socket_disable"] is True
+    handlers = ns["logconfig_dict"]["handlers"]
+    assert handlers["file"]["filename"] == str(log_file)
+    assert set(ns["logconfig_dict"]["root"]["handlers"]) == {"stderr", "file"}
+    assert log_file.parent.is_dir()  # the log folder is made for the node
+
+
+def test_gunicorn_conf_default_bind_has_both_ports(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    result = run(["-c", GUNICORN_PROBE, os.path.join(ROOT, "gunicorn.conf.py")],
+                 env=clean_env(IMSERVER_CONFIG=str(path)), cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    ns = json.loads(result.stdout)
+    assert ns["bind"] == ["0.0.0.0:8080", "0.0.0.0:8089"]
+    assert ns["worker_connections"] == 10000
+    assert ns["loglevel"] == "info"
+    assert list(ns["logconfig_dict"]["handlers"]) == ["stderr"]  # no logFile, no file handler
+
+
+def test_gunicorn_conf_bad_config_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    result = run(["-c", GUNICORN_PROBE, os.path.join(ROOT, "gunicorn.conf.py")],
+                 env=clean_env(IMSERVER_CONFIG=str(path), IMSERVER_APP_WORKERCONNECTIONS="0"),
+                 cwd=str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("imserver: config error: app.workerConnections ")
+    assert lines[0].endswith("(from environment variable IMSERVER_APP_WORKERCONNECTIONS)")
+
+
+def test_worker_class_is_a_gevent_websocket_worker():
+    from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+    from imserver.worker import WebSocketWorker
+    assert issubclass(WebSocketWorker, GeventWebSocketWorker)
