@@ -6,7 +6,7 @@
 
 Both create the virtual environment ``.venv`` from requirements.txt when it is missing
 or out of date. ``test`` also installs the system packages the suite drives for real
-(Debian's chromium) when they are missing and it may (root, apt-get).
+(chromium, redis-server, nginx) when they are missing and it may (apt-get).
 """
 import hashlib
 import os
@@ -39,17 +39,22 @@ def ensure_venv() -> None:
         fh.write(digest)
 
 
+TEST_PROGRAMS = {"chromium": "/usr/bin/chromium", "redis-server": "/usr/bin/redis-server",
+                 "nginx": "/usr/sbin/nginx"}
+
+
 def ensure_system_packages() -> None:
-    """Install the real programs the tests drive, when missing and allowed."""
-    missing = [] if os.path.exists("/usr/bin/chromium") else ["chromium"]
+    """Install the real programs the tests drive (browser, Redis, nginx) when missing."""
+    missing = [name for name, path in TEST_PROGRAMS.items() if not os.path.exists(path)]
     if not missing:
         return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
+    script = os.path.join(ROOT, "scripts", "install-test-deps.sh")
+    if (os.geteuid() == 0 or shutil.which("sudo")) and shutil.which("apt-get"):
         say("installing " + ", ".join(missing) + " with apt-get")
-        subprocess.check_call(["bash", os.path.join(ROOT, "scripts", "install-chromium.sh")])
+        subprocess.check_call(["bash", script])
     else:
-        say("missing " + ", ".join(missing) + ": run `sudo bash scripts/install-chromium.sh` "
-            "(Debian/Ubuntu); the browser tests fail until it is installed")
+        say("missing " + ", ".join(missing) + ": install them (Debian/Ubuntu: `sudo bash "
+            "scripts/install-test-deps.sh`); the tests that drive them fail until then")
 
 
 def main(argv) -> int:

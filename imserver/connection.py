@@ -23,7 +23,6 @@ CLOSE_TIMEOUT = 5.0  # how long a closing peer may take to answer our close fram
 # Application close codes (4000-4999 are free for applications in RFC 6455).
 CLOSE_REPLACED = 4000  # the same user logged in on another connection
 CLOSE_HEARTBEAT_TIMEOUT = 4001
-CLOSE_SLOW_CONSUMER = 4002
 
 
 class Connection:

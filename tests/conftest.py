@@ -32,3 +32,27 @@ def make_node(tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A fresh redis-server for one test; stopped at the end."""
+    from cluster_support import RedisProcess
+    server = RedisProcess(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_cluster_node(make_node, redis_server):
+    """A node of a cluster on ``redis_server``: advertises 127.0.0.1 and reports every
+    second, so that tests see joins and recoveries quickly."""
+
+    def start(config=None, **kw):
+        merged = {"app": {"advertiseAddr": "127.0.0.1", "reportInterval": 1},
+                  "redis": {"addr": redis_server.addr}}
+        for section, values in (config or {}).items():
+            merged.setdefault(section, {}).update(values)
+        return make_node(merged, **kw)
+
+    return start

@@ -55,6 +55,21 @@ class RedisPresenceStore(PresenceStore):
     def ping(self) -> None:
         self._call(self._redis.ping)
 
+    def warm_up(self, count: int) -> None:
+        """Open ``count`` pooled connections ahead of need (redis.minIdleConns); a store
+        that is down now is not an error here."""
+        pool = self._redis.connection_pool
+        taken = []
+        try:
+            for _ in range(count):
+                conn = pool.get_connection()
+                taken.append(conn)
+        except redis.RedisError:
+            pass
+        finally:
+            for conn in taken:
+                pool.release(conn)
+
     def set_user(self, record: dict) -> None:
         key = f"{USER_KEY_PREFIX}{record['appID']}_{record['userID']}"
         value = json.dumps(record, ensure_ascii=False, separators=(",", ":"))

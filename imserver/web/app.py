@@ -2,6 +2,8 @@
 blueprints. No app object exists at import time."""
 import logging
 import os
+
+import gevent
 from typing import Any, Mapping, Optional
 
 from flask import Flask, current_app, request
@@ -47,6 +49,7 @@ def build_node(cfg: dict) -> Node:
     store = RedisPresenceStore(connection_pool(
         cfg["redis.url"], cfg["redis.addr"], cfg["redis.password"], cfg["redis.DB"],
         cfg["redis.poolSize"], cfg["redis.timeout"]))
+    gevent.spawn(store.warm_up, cfg["redis.minIdleConns"])
     relay = GrpcRelay(cfg["app.rpcTimeout"])
     node = Node(cfg, store, relay, advertise_ip, rpc_port)
     node.on_stop(store.close)
@@ -60,8 +63,6 @@ def watch_worker(worker, interval: float = 0.2) -> None:
     """Stop this process's nodes as soon as gunicorn asks the worker to exit (SIGTERM,
     graceful reload): leave the registry and close clients with 1001 at once, instead
     of after the graceful timeout."""
-    import gevent
-
     def watch():
         while worker.alive:
             gevent.sleep(interval)
