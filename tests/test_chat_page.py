@@ -3,7 +3,7 @@
 Playwright runs in a separate, unpatched interpreter (tests/browser/chat_scenario.py): this
 process is gevent-patched by conftest.py and may serve the node itself, while Playwright's sync
 API brings its own asyncio loop and greenlets. The scenario prints one JSON object; the tests
-here assert on it. Needs /usr/bin/chromium (`bash scripts/install-chromium.sh`); Playwright's
+here assert on it. Needs /usr/bin/chromium (`python3 dev.py test` (as root) or `sudo bash scripts/install-test-deps.sh`); Playwright's
 own browser downloads are never used.
 """
 import json
@@ -20,7 +20,7 @@ SCENARIO = Path(__file__).resolve().parent / "browser" / "chat_scenario.py"
 SCENARIO_TIMEOUT = 180  # seconds for one scenario, browser start included
 
 INSTALL_HINT = (f"{CHROMIUM} is missing, and the chat page tests need it. Install Debian's Chromium "
-                "with `bash scripts/install-chromium.sh` (or `apt-get update && apt-get install -y "
+                "with `python3 dev.py test` (as root) or `sudo bash scripts/install-test-deps.sh` (or `apt-get update && apt-get install -y "
                 "chromium`) and run the tests again. (Never `playwright install`: the tests use the "
                 "system browser only.)")
 
@@ -129,3 +129,15 @@ def test_reconnects_unless_replaced(node, tmp_path):
     assert facts["sockets_after_replaced"] == 2
     assert facts["status_after_replaced"] == "offline"
     assert "logged in elsewhere" in facts["banner"]
+
+
+def test_failed_send_is_reported(node, tmp_path):
+    report = run_scenario("send-errors", node, tmp_path)
+    # Chromium logs the refused request itself; only uncaught page errors count here.
+    assert report["ok"], f"stopped at step {report['step']!r}: {report['error']}\n{explain(report)}"
+    assert report["page_errors"] == [], explain(report)
+    facts = report["facts"]
+    assert facts["error_own_bubble"] is False and facts["error_input_back"] == "first try"
+    assert facts["network_tries"] == 2 and facts["network_same_msgid"], facts
+    assert facts["network_form"] == ["appID", "message", "msgID", "userID"]
+    assert facts["network_own_bubble"] is False and facts["network_input_back"] == "second try"

@@ -39,6 +39,9 @@ JS_HAS_MESSAGE = """([text, own]) => Array.from(document.querySelectorAll(
     '[data-testid=messages] [data-testid=message]')).some(e => e.textContent === text
         && (own === null || e.classList.contains('own') === own)
         && !e.classList.contains('pending'))"""
+JS_MESSAGE_SENT = """(text) => Array.from(document.querySelectorAll(
+    '[data-testid=messages] [data-testid=message].own')).some(e => e.textContent === text
+        && !e.classList.contains('pending'))"""
 JS_MESSAGES = """() => Array.from(document.querySelectorAll(
     '[data-testid=messages] > *')).map(e => e.getAttribute('data-testid') + ': ' + e.textContent)"""
 JS_XSS_STATE = """() => ({xss: typeof window.__xss,
@@ -126,6 +129,12 @@ def scenario_chat(run, browser, http_url, out_dir):
 
     run.step = "B opens the page"
     ctx_b, page_b, name_b = open_chat(run, browser, "B", url)
+    for _ in range(3):
+        # The names are random; the same one twice would make B replace A (and stop A).
+        if name_b != name_a:
+            break
+        ctx_b.close()
+        ctx_b, page_b, name_b = open_chat(run, browser, "B", url)
     run.facts["name_b"] = name_b
     run.facts["names_differ"] = name_a != name_b
     run.wait(page_b, JS_HAS_ONLINE, name_a, "B lists A (from /user/list)")
@@ -303,8 +312,52 @@ def scenario_reconnect(run, browser, http_url, out_dir):
     context.close()
 
 
+def scenario_send_errors(run, browser, http_url, out_dir):
+    """Failed sends: an error answer and an unreachable server each give a notice, no own
+    bubble, and the text back in the input; a network failure is retried once, same msgID."""
+    url = f"{http_url}/home/index?appID=101"
+    context, page, name = open_chat(run, browser, "sender", url)
+    box = page.locator("[data-testid=message-input]")
+    has_own = """(text) => Array.from(document.querySelectorAll(
+        '[data-testid=messages] [data-testid=message].own')).some(e => e.textContent === text)"""
+
+    run.step = "the server answers an error code"
+    page.route("**/user/sendMessageAll", lambda route: route.fulfill(
+        status=200, content_type="application/json; charset=utf-8",
+        body=json.dumps({"code": 1004, "msg": "系统错误", "data": None}, ensure_ascii=False)))
+    box.fill("first try")
+    page.locator("[data-testid=send-button]").click()
+    run.wait(page, JS_HAS_NOTICE, "Message not sent: 系统错误 (1004)", "the error notice")
+    run.facts["error_own_bubble"] = page.evaluate(has_own, f"{name}: first try")
+    run.facts["error_input_back"] = box.input_value()
+    page.unroute("**/user/sendMessageAll")
+
+    run.step = "the server cannot be reached"
+    tries = []
+
+    def unreachable(route):
+        tries.append(dict(pair.split("=", 1) for pair in (route.request.post_data or "").split("&")))
+        route.abort("connectionrefused")
+
+    page.route("**/user/sendMessageAll", unreachable)
+    box.fill("second try")
+    page.locator("[data-testid=send-button]").click()
+    run.wait(page, JS_HAS_NOTICE, "Message not sent: server unreachable", "the network notice")
+    run.facts["network_tries"] = len(tries)
+    run.facts["network_same_msgid"] = len({t.get("msgID") for t in tries}) == 1
+    run.facts["network_form"] = sorted(tries[0]) if tries else []
+    run.facts["network_own_bubble"] = page.evaluate(has_own, f"{name}: second try")
+    run.facts["network_input_back"] = box.input_value()
+    page.unroute("**/user/sendMessageAll")
+
+    run.step = "the server is back"
+    page.locator("[data-testid=send-button]").click()
+    run.wait(page, JS_MESSAGE_SENT, f"{name}: second try", "the own bubble")
+    context.close()
+
+
 SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenario_refused,
-             "reconnect": scenario_reconnect}
+             "reconnect": scenario_reconnect, "send-errors": scenario_send_errors}
 
 
 def main(argv=None):
@@ -325,7 +378,7 @@ def main(argv=None):
         except ImportError as exc:
             raise StepFailed(f"Playwright is not installed ({exc}): pip install -r requirements.txt")
         if not os.path.exists(CHROMIUM):
-            raise StepFailed(f"{CHROMIUM} is missing: run `bash scripts/install-chromium.sh` "
+            raise StepFailed(f"{CHROMIUM} is missing: run `python3 dev.py test` (as root) or `sudo bash scripts/install-test-deps.sh` "
                              "(or `apt-get install chromium`)")
         with sync_playwright() as p:
             run.step = "launch chromium"
