@@ -13,6 +13,16 @@ from .config import CONFIG_ENV, DEFAULT_PATH, ConfigError, load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _masked(key: str, value):
+    """Secrets are shown as *** by --check."""
+    if key == "redis.password" and value:
+        return "***"
+    if key == "redis.url" and "@" in value:
+        scheme, _, rest = value.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imserver", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help=f"YAML config file (default: {DEFAULT_PATH} if present)")
@@ -27,7 +37,7 @@ def main(argv=None) -> int:
         return 2
     if args.check:
         for key, value in cfg.items():
-            print(f"{key}: {value!r}")
+            print(f"{key}: {_masked(key, value)!r}")
         return 0
     env = dict(os.environ)
     if path:

@@ -45,9 +45,10 @@ def _seconds(v):
 def _str(v):
     if v is None:
         return ""
-    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-        raise ValueError("must be a string")
-    return str(v)
+    if not isinstance(v, str):
+        # YAML reads 0123 as 83 and 12:30 as 750: only the quoted text is what was meant.
+        raise ValueError("must be a string: put the value in quotes")
+    return v
 
 
 def _bool(v):
@@ -115,11 +116,14 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
 }
 
 _BY_FOLDED = {k.lower(): k for k in SCHEMA}
+_TEXT_CHECKS = (_str, _redis_url)
 
 
 def _flatten(doc: Mapping, source: str) -> "dict[str, Any]":
     flat = {}
     for section, body in doc.items():
+        if body is None:
+            continue  # a section whose keys are all commented out
         if not isinstance(body, Mapping):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys")
         for key, value in body.items():
@@ -139,10 +143,13 @@ def _env_values(env: Mapping[str, str]) -> "dict[str, tuple[Any, str]]":
         if dotted is None:
             raise ConfigError(f"environment variable {name}: no such config key; "
                               f"known keys: {', '.join(SCHEMA)}")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
+        if SCHEMA[dotted][1] in _TEXT_CHECKS:
+            value = raw  # text as written: a password of 0123 stays 0123
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw != "" else ""
+            except yaml.YAMLError:
+                value = raw
         found[dotted] = (value, f"environment variable {name}")
     return found
 

@@ -15,7 +15,7 @@ from .commands import CommandRegistry, commands as default_commands
 from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, Connection
 from .hub import Hub
 from .protocol import Code, ProtocolError, encode_push, encode_reply, parse_request
-from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE
+from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE, is_encodable
 from .protocol.frames import OP_TEXT, FrameError, text_frame
 
 log = logging.getLogger("imserver.node")
@@ -198,17 +198,19 @@ class Node:
             return
         handler = self.commands.get(request.cmd)
         if handler is None:
-            code, data = Code.ROUTING_NOT_EXIST, None
+            reply = encode_reply(request.seq, request.cmd, Code.ROUTING_NOT_EXIST)
         else:
             try:
                 code, data = handler(self, conn, request.data)
+                reply = encode_reply(request.seq, request.cmd, code, data)
             except Exception:
                 log.exception("%r: command %r failed", conn, request.cmd)
-                code, data = Code.SERVER_ERROR, None
-        conn.send(text_frame(encode_reply(request.seq, request.cmd, code, data)))
+                reply = encode_reply(request.seq, request.cmd, Code.SERVER_ERROR)
+        conn.send(text_frame(reply))
 
     def valid_user_id(self, user_id) -> bool:
-        return isinstance(user_id, str) and 0 < len(user_id) <= self.max_user_id
+        return (isinstance(user_id, str) and 0 < len(user_id) <= self.max_user_id
+                and is_encodable(user_id))
 
     def _record(self, conn: Connection, now: float, logoff: bool = False) -> dict:
         return user_record(self.ip, self.rpc_port, conn.app_id, conn.user_id, conn.addr,

@@ -214,7 +214,8 @@ def test_file_that_is_not_a_mapping(tmp_path):
 
 def test_section_that_is_not_a_mapping(tmp_path):
     message = config_error(tmp_path, "app: 5\n")
-    assert message == f"config file {tmp_path / 'app.yaml'}: section 'app' must be a mapping of keys"
+    assert message == (f"config file {tmp_path / 'app.yaml'}: "
+                       "section 'app' must be a mapping of keys")
 
 
 def test_section_with_every_key_commented_out_is_empty(tmp_path):
@@ -268,7 +269,7 @@ def test_explicit_path_wins_over_imserver_config(tmp_path):
     assert load_config(a, env={"IMSERVER_CONFIG": b})["app.httpPort"] == 8181
 
 
-# -- environment ------------------------------------------------------------------------------------
+# -- environment -----------------------------------------------------------------------------------
 
 def test_env_cases_cover_every_key():
     assert set(ENV_CASES) == set(SCHEMA)
@@ -339,7 +340,7 @@ def test_other_imserver_variables_are_ignored(tmp_path):
     assert cfg == DEFAULTS
 
 
-# -- bad values ---------------------------------------------------------------------------------------
+# -- bad values ------------------------------------------------------------------------------------
 
 FILE_BAD_VALUES = [
     ("app:\n  httpPort: 70000\n", "app.httpPort", "70000"),
@@ -416,7 +417,8 @@ def test_unknown_override_key(tmp_path):
 
 
 def test_bad_file_value_is_reported_even_when_env_is_fine(tmp_path):
-    message = config_error(tmp_path, "app:\n  logLevel: loud\n", env={"IMSERVER_APP_HTTPPORT": "8081"})
+    message = config_error(tmp_path, "app:\n  logLevel: loud\n",
+                           env={"IMSERVER_APP_HTTPPORT": "8081"})
     assert message.startswith("app.logLevel ")
 
 

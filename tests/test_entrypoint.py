@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import yaml
 
 from imserver.config import load_config
@@ -119,9 +118,10 @@ def test_unknown_option_exits_2():
     assert "--bogus" in result.stderr
 
 
-# -- a real node ------------------------------------------------------------------------------------
+# -- a real node -----------------------------------------------------------------------------------
 
-ACCESS_LINE = re.compile(r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /user/list\?appID=101 HTTP/1\.1" 200 ')
+ACCESS_LINE = re.compile(
+    r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /user/list\?appID=101 HTTP/1\.1" 200 ')
 
 
 def _start_logging_node(tmp_path, name, **app):
@@ -208,9 +208,11 @@ def test_create_app_without_monkey_patching_raises():
     assert "python -m imserver" in result.stdout
 
 
-def test_create_app_with_monkey_patching_has_the_routes(tmp_path):
+def test_create_app_with_monkey_patching_has_the_routes(tmp_path, monkeypatch):
     # This suite runs monkey-patched, as the node does.
     from imserver.web import create_app, get_node
+    for name in [n for n in os.environ if n.startswith("IMSERVER_")]:
+        monkeypatch.delenv(name)
     path = tmp_path / "c.yaml"
     path.write_text("app:\n  httpPort: 18080\n  webSocketPort: 18089\n")
     app = create_app(config_path=str(path), overrides={"app.appIDs": [7]}, start=False)
@@ -223,7 +225,7 @@ def test_create_app_with_monkey_patching_has_the_routes(tmp_path):
         assert get_node().app_ids == frozenset({7})
 
 
-# -- gunicorn.conf.py ---------------------------------------------------------------------------------
+# -- gunicorn.conf.py ------------------------------------------------------------------------------
 
 GUNICORN_PROBE = (
     "import json, runpy, sys\n"

@@ -216,7 +216,8 @@ def test_encode_reply_keeps_non_ascii_as_utf8():
 
 def test_encode_reply_escapes_json_specials():
     raw = encode_reply('a"b\\c\n', "x", Code.OK)
-    assert raw == b'{"seq":"a\\"b\\\\c\\n","cmd":"x","response":{"code":200,"codeMsg":"Success","data":null}}'
+    assert raw == (b'{"seq":"a\\"b\\\\c\\n","cmd":"x",'
+                   b'"response":{"code":200,"codeMsg":"Success","data":null}}')
     assert json.loads(raw)["seq"] == 'a"b\\c\n'
 
 

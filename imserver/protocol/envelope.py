@@ -46,7 +46,29 @@ def parse_request(payload: "str | bytes") -> Request:
         raise ProtocolError(Code.PARAMETER_ILLEGAL, echo_seq, echo_cmd, "seq must be a string")
     if not isinstance(cmd, str) or not cmd:
         raise ProtocolError(Code.PARAMETER_ILLEGAL, echo_seq, echo_cmd, "cmd must be a non-empty string")
+    if _may_hold_surrogates(payload):
+        # JSON may spell lone UTF-16 surrogates ("\ud800"), which no UTF-8 reply can carry:
+        # the echoed fields must be clean; handlers check the data fields they use.
+        seq_ok, cmd_ok = is_encodable(seq), is_encodable(cmd)
+        if not (seq_ok and cmd_ok):
+            raise ProtocolError(Code.PARAMETER_ILLEGAL, seq if seq_ok else "",
+                                cmd if cmd_ok else "", "text with a lone UTF-16 surrogate")
     return Request(seq, cmd, obj.get("data"))
+
+
+def _may_hold_surrogates(payload) -> bool:
+    # Text came through a strict UTF-8 decoder, so only an escape can make one; bytes
+    # (binary frames) may be UTF-16/32, which json decodes with surrogates passed through.
+    return not isinstance(payload, str) or "\\u" in payload
+
+
+def is_encodable(value) -> bool:
+    """True when ``value`` (a JSON value) can be written as UTF-8."""
+    try:
+        _dumps(value).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def fold_keys(data: dict) -> dict:

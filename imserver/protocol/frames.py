@@ -38,7 +38,8 @@ def text_frame(payload: bytes) -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     # Control frame payloads are limited to 125 bytes: 2 for the code, 123 for the reason.
-    reason_bytes = reason.encode()[:123]
+    # Cut at a character boundary: the reason must stay valid UTF-8.
+    reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()
     return encode_frame(OP_CLOSE, _pack_h(code) + reason_bytes)
 
 

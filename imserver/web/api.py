@@ -3,6 +3,7 @@ from flask import Blueprint, Response, request
 
 from ..cluster import RelayError, StoreError
 from ..protocol import Code
+from ..protocol.envelope import is_encodable
 from .app import get_node
 from .responses import add_cors, json_answer, params
 
@@ -63,6 +64,8 @@ def _text(p: dict, name: str, label: str, required: bool = True) -> str:
         return ""
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise BadParameter(Code.PARAMETER_ILLEGAL, f"{label} must be a string")
+    if not is_encodable(value):
+        raise BadParameter(Code.PARAMETER_ILLEGAL, f"{label} holds a lone UTF-16 surrogate")
     return str(value)
 
 
