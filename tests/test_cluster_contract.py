@@ -32,15 +32,29 @@ def clock():
     return FakeClock()
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 def store_kind(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def contract_redis(tmp_path_factory):
+    """One real redis-server for the module; each test starts from an empty database."""
+    from cluster_support import RedisProcess
+    server = RedisProcess(tmp_path_factory.mktemp("contract-redis")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def store(store_kind, clock):
+def store(store_kind, clock, request):
     if store_kind == "memory":
         s = MemoryPresenceStore(clock=clock)
+    elif store_kind == "redis":
+        from imserver.cluster.redis_store import RedisPresenceStore, connection_pool
+        server = request.getfixturevalue("contract_redis")
+        server.client().flushall()
+        s = RedisPresenceStore(connection_pool("", server.addr, "", 0, 4, 1.0), clock=clock)
     else:  # pragma: no cover - a new param needs its constructor here
         raise AssertionError(f"no constructor for store {store_kind}")
     yield s
@@ -49,10 +63,14 @@ def store(store_kind, clock):
 
 @pytest.fixture
 def clock_ttl(store_kind, clock):
-    """The clock, for tests in which TTLs must run out by it."""
-    if store_kind not in CLOCK_DRIVEN_TTL:
-        pytest.skip(f"{store_kind} keeps TTLs by real time")
+    """The clock, for tests in which TTLs must run out by it: those tests run only for
+    the stores in CLOCK_DRIVEN_TTL (``clock_driven``); Redis TTLs are checked as set
+    values in test_redis_keys_carry_the_protocol_ttls."""
+    assert store_kind in CLOCK_DRIVEN_TTL, "mark the test with @clock_driven"
     return clock
+
+
+clock_driven = pytest.mark.parametrize("store_kind", sorted(CLOCK_DRIVEN_TTL))
 
 
 def record(app_id=101, user_id="alice", at=T0, node_ip="10.0.0.1", rpc_port=9001, **kw):
@@ -167,6 +185,7 @@ class TestPresenceStoreContract:
         clock.advance(170)
         assert record_is_online(store.get_user(101, "alice"), clock()) is True
 
+    @clock_driven
     def test_user_record_expires_after_24_hours(self, store, clock_ttl):
         store.set_user(record(at=clock_ttl()))
         clock_ttl.advance(USER_RECORD_TTL - 1)
@@ -174,6 +193,7 @@ class TestPresenceStoreContract:
         clock_ttl.advance(1)
         assert store.get_user(101, "alice") is None
 
+    @clock_driven
     def test_rewrite_restarts_the_24_hour_life(self, store, clock_ttl):
         store.set_user(record(at=clock_ttl()))
         clock_ttl.advance(USER_RECORD_TTL - 10)
@@ -203,6 +223,7 @@ class TestPresenceStoreContract:
         store.release_msg_id("never-claimed")
         assert store.claim_msg_id("never-claimed") is True
 
+    @clock_driven
     def test_claim_expires_after_12_hours(self, store, clock_ttl):
         assert store.claim_msg_id("m-1") is True
         clock_ttl.advance(MSG_ID_TTL - 1)
@@ -290,6 +311,7 @@ class TestPresenceStoreContract:
         assert store.claim_msg_id("m-1") is False
         assert list(store.live_nodes()) == ["10.0.0.1:9001"]
 
+    @clock_driven
     def test_prune_drops_expired(self, store, clock_ttl):
         hour = 3600
         store.set_user(record(101, "old", at=clock_ttl()))        # T0, expires T0+24h
@@ -356,3 +378,18 @@ def test_no_peers_relay_reaches_no_one():
     assert relay.broadcast([], 101, "alice", "s", "msg", "text", "hi") == []
     assert relay.user_lists(["10.0.0.2:9001"], 101) == ([], ["10.0.0.2:9001"])
     relay.close()
+
+
+def test_redis_keys_carry_the_protocol_ttls(contract_redis):
+    from imserver.cluster.redis_store import RedisPresenceStore, connection_pool
+    client = contract_redis.client()
+    client.flushall()
+    store = RedisPresenceStore(connection_pool("", contract_redis.addr, "", 0, 2, 1.0))
+    try:
+        store.set_user(record())
+        store.claim_msg_id("m-ttl")
+        assert USER_RECORD_TTL - 5 < client.ttl("acc:user:online:101_alice") <= USER_RECORD_TTL
+        assert MSG_ID_TTL - 5 < client.ttl("acc:submit:again:seq:m-ttl") <= MSG_ID_TTL
+        assert client.get("acc:submit:again:seq:m-ttl") == "1"
+    finally:
+        store.close()
