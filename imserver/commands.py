@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from .cluster import StoreError
 from .protocol import Code, fold_keys
+from .protocol.envelope import parse_app_id
 
 Handler = Callable[[Any, Any, Any], Tuple[Code, Any]]
 
@@ -32,29 +33,14 @@ class CommandRegistry:
 commands = CommandRegistry()
 
 
-def _app_id(value):
-    """appID as an int, or None when it has the wrong type. JSON numbers and digit
-    strings are accepted; 0 stands for a missing appID."""
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.isdigit() and len(value) < 11:
-        return int(value)
-    return None
-
-
 @commands.register("login")
 def login(node, conn, data):
     if not isinstance(data, dict):
         return Code.PARAMETER_ILLEGAL, None
     fields = fold_keys(data)
     user_id = fields.get("userid")
-    app_id = _app_id(fields.get("appid"))
+    raw_app_id = fields.get("appid")
+    app_id = 0 if raw_app_id is None else parse_app_id(raw_app_id)  # 0: missing, so 1003
     if user_id is not None and not isinstance(user_id, str) or app_id is None:
         return Code.PARAMETER_ILLEGAL, None
     if not node.valid_user_id(user_id):

@@ -165,12 +165,6 @@ class NodeProcess:
             headers={"Content-Type": "application/x-www-form-urlencoded"})
         return json.loads(data)
 
-    def post_json(self, path, obj, timeout=10) -> dict:
-        status, _, data = self.request("POST", path, body=json.dumps(obj).encode(),
-                                       timeout=timeout,
-                                       headers={"Content-Type": "application/json"})
-        return json.loads(data)
-
     def state(self, debug=False) -> dict:
         return self.get("/system/state", **({"isDebug": "true"} if debug else {}))["data"]
 
@@ -260,6 +254,14 @@ class Client:
                 raise ConnectionError(f"closed with {self.close_code} {self.close_reason!r}")
             self.pushes.append(frame)
 
+    def flush(self, timeout=10) -> list:
+        """Every push that reached this client so far, in order, taken out of
+        ``pushes``: a ping's reply comes after all of them, as the node writes each
+        connection's frames in order. Proves that nothing was pushed, without a wait."""
+        self.request("ping", timeout=timeout)
+        frames, self.pushes = self.pushes, []
+        return frames
+
     def no_push(self, wait=0.5) -> bool:
         """True if nothing is pushed within ``wait`` seconds."""
         if self.pushes:
@@ -290,6 +292,9 @@ class Client:
             self.ws.close(timeout=1)
         except Exception:
             pass
+        # ws.close() does nothing once a close frame was exchanged (recv answers the
+        # server's close itself); the socket must be closed all the same.
+        self.ws.shutdown()
 
 
 class Clients:

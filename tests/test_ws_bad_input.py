@@ -113,6 +113,38 @@ def test_deeply_nested_json_is_1001(node, connect):
     assert_alive(c)
 
 
+def test_seq_with_a_lone_surrogate_escape_gets_a_reply(node, connect):
+    """JSON may escape a lone surrogate ("\\ud800"), which has no UTF-8 form, so it
+    cannot be echoed as is: either the request is refused as invalid (1001, seq "")
+    or the character is replaced with U+FFFD, as Go's decoder does. Either way a reply
+    comes and the connection lives on."""
+    c = connect(node)
+    c.send_raw('{"seq":"\\ud800","cmd":"ping"}')
+    assert c.recv_frame() in (reply("", "ping", 1001), reply("\ufffd", "ping", 200, "pong"))
+    assert_alive(c)
+
+
+def test_user_id_with_a_lone_surrogate_escape_is_refused_or_repaired(node, connect):
+    """The same for a userID: never a half-done login (1004 with the user bound), and
+    the room's user list and the node's state stay readable."""
+    c = connect(node)
+    tag = unique_id("sur")
+    c.send_raw('{"seq":"s","cmd":"login","data":{"appID":102,"userID":"%s\\udc00"}}' % tag)
+    answer = c.recv_frame()
+    assert answer in (reply("s", "login", 1001), reply("s", "login", 1002), reply("s", "login"))
+    status, _, body = node.request("GET", "/user/list", params={"appID": 102})
+    assert status == 200, body[:200]
+    listed = json.loads(body)["data"]["userList"]
+    status, _, body = node.request("GET", "/system/state", params={"isDebug": "true"})
+    assert status == 200, body[:200]
+    if answer["response"]["code"] == 200:
+        assert tag + "\ufffd" in listed
+        assert c.request("heartbeat", seq="h") == reply("h", "heartbeat")
+    else:
+        assert not [u for u in listed if u.startswith(tag)]
+        assert c.request("heartbeat", seq="h") == reply("h", "heartbeat", 1000)
+
+
 # -- binary frames -----------------------------------------------------------------------
 
 def test_binary_frame_with_json_is_answered(node, connect):
@@ -180,6 +212,8 @@ def test_frame_limit_is_configurable(make_node, connect):
     f.ws.send_frame(ABNF.create_frame("x" * 600, ABNF.OPCODE_TEXT, fin=0))
     f.ws.send_frame(ABNF.create_frame("x" * 600, ABNF.OPCODE_CONT, fin=1))
     assert f.wait_closed()[0] == 1009
+    c.close()
+    f.close()
     assert wait_until(lambda: small.state()["connections"] == 1, what="closed ones released")
     assert_alive(ok)
 
@@ -284,14 +318,16 @@ def test_frame_header_announcing_too_much_closes_1009_before_the_payload(node, r
     ws_frame(OP_TEXT, b"{" + b" " * 4000 + b"}")[:2000],  # half of a longer payload
 ], ids=["nothing", "header", "len16", "len64", "mask", "payload", "long-payload"])
 def test_client_vanishing_mid_frame_is_cleaned_up(node, raw, connect, cut):
-    before = node.state()["connections"]
+    before = node.connection_ids()
     sock = raw()
-    wait_until(lambda: node.state()["connections"] == before + 1, what="raw connection seen")
+    (mine,) = wait_until(lambda: node.connection_ids() - before, what="raw connection seen")
     if cut:
         sock.send(cut)
     sock.close()
-    wait_until(lambda: node.state()["connections"] == before, timeout=10,
-               what="connection count back to before")
+    wait_until(lambda: mine not in node.connection_ids(), timeout=10, what="connection released")
+    state = node.state(debug=True)
+    assert {c["id"] for c in state["connectionList"]} <= before
+    assert state["connections"] == len(state["connectionList"]) <= len(before)
     c = connect(node)
     assert_alive(c)
 

@@ -122,9 +122,11 @@ def test_login_app_id_missing_is_1003(node, connect):
                      seq="n") == reply("n", "login", 1003)
 
 
-@pytest.mark.parametrize("app_id", ["abc", True, False, "", "10 1", "-101", [101], {"id": 101}, 101.5],
+@pytest.mark.parametrize("app_id", ["abc", True, False, "", "10 1", "-101", [101], {"id": 101}, 101.5,
+                                    "１０１", "²", "1_01"],
                          ids=["letters", "true", "false", "empty-string", "space", "minus-string",
-                              "list", "object", "fraction"])
+                              "list", "object", "fraction", "fullwidth-digits", "superscript",
+                              "underscore"])
 def test_login_app_id_of_wrong_type_is_1001(node, connect, app_id):
     c = connect(node)
     assert c.request("login", login_data(unique_id(), app_id), seq="t") == reply("t", "login", 1001)

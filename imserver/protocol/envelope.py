@@ -5,6 +5,7 @@ Pure functions, no I/O. Replies keep the key order of the original system
 frames textually.
 """
 import json
+import re
 from typing import Any, NamedTuple
 
 from .codes import Code
@@ -69,6 +70,19 @@ def is_encodable(value) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def parse_app_id(value) -> "int | None":
+    """An ``appID`` given as a JSON integer or a string of ASCII digits; None for any other
+    type or spelling (floats, booleans, "1_01", full-width digits). Range is the caller's."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    return None
 
 
 def fold_keys(data: dict) -> dict:

@@ -3,7 +3,7 @@ from flask import Blueprint, Response, request
 
 from ..cluster import RelayError, StoreError
 from ..protocol import Code
-from ..protocol.envelope import is_encodable
+from ..protocol.envelope import is_encodable, parse_app_id
 from .app import get_node
 from .responses import add_cors, json_answer, params
 
@@ -46,10 +46,9 @@ def _app_id(p: dict, required: bool = True):
             raise BadParameter(Code.PARAMETER_ILLEGAL, "appID is required")
         return None
     node = get_node()
-    try:
-        app_id = int(raw)
-    except (TypeError, ValueError):
-        raise BadParameter(Code.PARAMETER_ILLEGAL, f"appID must be a number, got {raw!r}") from None
+    app_id = parse_app_id(raw)
+    if app_id is None:
+        raise BadParameter(Code.PARAMETER_ILLEGAL, f"appID must be a whole number, got {raw!r}")
     if app_id not in node.app_ids:
         raise BadParameter(Code.UNAUTHORIZED, "appID must be one of "
                            + ", ".join(map(str, sorted(node.app_ids))))

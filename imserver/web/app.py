@@ -100,6 +100,8 @@ def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optio
         answer = json_answer(Code.ROUTING_NOT_EXIST, None, f"{exc.name}: {request.method} {request.path}")
         answer.status_code = exc.code
         answer.headers["Access-Control-Allow-Origin"] = "*"
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            answer.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         return answer
 
     if start:

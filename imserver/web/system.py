@@ -2,9 +2,10 @@
 from flask import Blueprint, request
 
 from .app import get_node
-from .responses import json_answer, truthy
+from .responses import add_cors, json_answer, truthy
 
 bp = Blueprint("system", __name__)
+bp.after_request(add_cors)
 
 
 @bp.route("/system/state")
