@@ -1,10 +1,12 @@
 """One WebSocket connection: its reader loop, its non-blocking send path and its close.
 
-The handler greenlet that gevent-websocket hands us is the reader. Sending never
-blocks the sender: a frame goes straight to the socket when the socket takes it
-whole, and only what does not fit is queued for a writer greenlet, which exists only
-while there is a backlog. The backlog is bounded in bytes; a client that does not
-read is disconnected as a slow consumer instead of growing the node's memory.
+After the handshake the connection owns a socket of its own (a duplicate of the one the
+HTTP handler had), so the handler, its request state and its buffers are freed, and one
+greenlet with a shallow stack reads the socket. Sending never blocks the sender: a frame
+goes straight to the socket when the socket takes it whole, and only what does not fit is
+queued for a writer greenlet, which exists only while there is a backlog. The backlog is
+bounded in bytes; a client that does not read is dropped as a slow consumer instead of
+growing the node's memory.
 """
 import logging
 import socket
@@ -28,23 +30,21 @@ CLOSE_HEARTBEAT_TIMEOUT = 4001
 class Connection:
     """State of one client socket. ``user_id``/``app_id`` are set by a successful login."""
 
-    __slots__ = ("id", "ws", "sock", "_raw_send", "_read", "addr", "port", "app_id", "user_id",
+    __slots__ = ("id", "sock", "_raw_send", "_rbuf", "addr", "port", "app_id", "user_id",
                  "connect_time", "login_time", "heartbeat_time", "closed", "closing",
                  "_backlog", "_backlog_bytes", "_writer", "_max_backlog", "_write_timeout",
                  "_max_frame", "__weakref__")
 
     _next_id = 0
 
-    def __init__(self, ws, max_frame_bytes: int, max_backlog_bytes: int, write_timeout: float):
+    def __init__(self, sock, addr, pending: bytes, max_frame_bytes: int,
+                 max_backlog_bytes: int, write_timeout: float):
         Connection._next_id += 1
         self.id = Connection._next_id
-        self.ws = ws
-        handler = ws.stream.handler
-        self.sock = handler.socket
+        self.sock = sock
         # The OS-level socket: its send() never yields, so a write that fits goes out at once.
-        self._raw_send = self.sock._sock.send
-        self._read = handler.rfile.read
-        addr = handler.client_address
+        self._raw_send = sock._sock.send
+        self._rbuf = pending  # bytes received but not yet parsed
         if isinstance(addr, tuple):
             self.addr, self.port = addr[0], addr[1]
         else:
@@ -63,6 +63,27 @@ class Connection:
         self._max_backlog = max_backlog_bytes
         self._write_timeout = write_timeout
         self._max_frame = max_frame_bytes
+
+    @classmethod
+    def adopt(cls, ws, **limits) -> "Connection":
+        """Take over the socket of a WebSocket that gevent-websocket just upgraded.
+
+        The handler's socket is duplicated and detached from the handler, which then
+        finishes and frees its request state; bytes the handler had already buffered
+        past the handshake are carried over."""
+        handler = ws.stream.handler
+        sock = handler.socket
+        sock.settimeout(0.0)
+        try:
+            pending = handler.rfile.read1(65536) or b""
+        except OSError:
+            pending = b""
+        own = sock.dup()
+        own.settimeout(None)
+        # The handler must neither read (it drains the socket on exit) nor close our copy.
+        handler.socket = None
+        ws.closed = True  # we do the close handshake ourselves
+        return cls(own, handler.client_address, pending, **limits)
 
     @property
     def user_key(self) -> str:
@@ -177,6 +198,22 @@ class Connection:
 
     # -- reading -------------------------------------------------------------------------
 
+    def _read_exact(self, n: int) -> bytes:
+        """``n`` bytes, or fewer at end of stream."""
+        buf = self._rbuf
+        recv = self.sock.recv
+        while len(buf) < n:
+            chunk = recv(max(n - len(buf), 4096))
+            if not chunk:
+                self._rbuf = b""
+                return buf
+            buf = buf + chunk if buf else chunk
+        if len(buf) == n:
+            self._rbuf = b""
+            return buf
+        self._rbuf = buf[n:]
+        return buf[:n]
+
     def read_message(self):
         """Block until a whole data message arrives: (opcode, payload bytes).
 
@@ -184,7 +221,7 @@ class Connection:
         Raises FrameError when the peer breaks the framing rules or a message is
         larger than the limit (checked before the payload is read).
         """
-        read = self._read
+        read = self._read_exact
         max_frame = self._max_frame
         parts = []
         size = 0
@@ -247,3 +284,11 @@ class Connection:
             size += n
             if fin:
                 return opcode, (payload if len(parts) == 1 else b"".join(parts))
+
+    def release(self) -> None:
+        """Free the socket once the reader is done with it."""
+        self.abort()
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -153,13 +153,20 @@ class Node:
 
     # -- one connection ------------------------------------------------------------------
 
-    def serve(self, ws) -> None:
-        """Run one WebSocket connection to its end (in the request's greenlet)."""
-        conn = Connection(ws, self.cfg["app.maxFrameBytes"], self.cfg["app.sendQueueBytes"],
-                          self.cfg["app.writeTimeout"])
+    def adopt(self, ws) -> Connection:
+        """Take over a freshly upgraded WebSocket and serve it in a greenlet of its own;
+        returns at once, so the HTTP handler and its request state are freed."""
+        conn = Connection.adopt(ws, max_frame_bytes=self.cfg["app.maxFrameBytes"],
+                                max_backlog_bytes=self.cfg["app.sendQueueBytes"],
+                                write_timeout=self.cfg["app.writeTimeout"])
         self.hub.add(conn)
         if self.stopping:
             conn.close(1001, "server going away")
+        gevent.spawn(self._serve, conn)
+        return conn
+
+    def _serve(self, conn: Connection) -> None:
+        """Read one connection to its end."""
         try:
             while True:
                 try:
@@ -183,12 +190,11 @@ class Node:
                 self.dispatch(conn, payload)
         except OSError as exc:
             log.debug("%r: socket error %s", conn, exc)
+        except Exception:
+            log.exception("%r: reader failed", conn)
         finally:
-            conn.abort()
-            try:
-                self._disconnected(conn)
-            finally:
-                ws.closed = True  # we did the close handshake; gevent-websocket must not
+            conn.release()
+            self._disconnected(conn)
 
     def dispatch(self, conn: Connection, payload) -> None:
         try:

@@ -11,7 +11,7 @@ def acc():
     ws = request.environ.get("wsgi.websocket")
     if ws is None:
         return plain_get()
-    get_node().serve(ws)
+    get_node().adopt(ws)  # served by a greenlet of its own from here on
     return Response()
 
 
