@@ -49,3 +49,9 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     from imserver.web.app import watch_worker
     watch_worker(worker)
+
+
+def worker_exit(server, worker):
+    # Clients get their close frames before the process goes (bounded by graceful_timeout).
+    from imserver.web.app import drain
+    drain(timeout=graceful_timeout)

@@ -61,8 +61,8 @@ def build_node(cfg: dict) -> Node:
 
 def watch_worker(worker, interval: float = 0.2) -> None:
     """Stop this process's nodes as soon as gunicorn asks the worker to exit (SIGTERM,
-    graceful reload): leave the registry and close clients with 1001 at once, instead
-    of after the graceful timeout."""
+    graceful reload): leave the registry and close clients with 1001 at once."""
+
     def watch():
         while worker.alive:
             gevent.sleep(interval)
@@ -71,6 +71,20 @@ def watch_worker(worker, interval: float = 0.2) -> None:
             node.stop()
 
     gevent.spawn(watch)
+
+
+def drain(timeout: float) -> None:
+    """Before the worker process ends: stop the nodes (if not yet) and wait, at most
+    ``timeout`` seconds, until their clients are gone. WebSocket connections are not
+    gunicorn requests, so gunicorn itself does not wait for them."""
+    for node in _nodes:
+        node.stop()
+    with gevent.Timeout(timeout, False):
+        while any(node.hub.connections for node in _nodes):
+            gevent.sleep(0.05)
+    left = sum(len(node.hub.connections) for node in _nodes)
+    if left:
+        log.warning("%d connections still open at exit", left)
 
 
 def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optional[str] = None,
