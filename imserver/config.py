@@ -42,6 +42,12 @@ def _seconds(v):
     return float(v)
 
 
+def _non_negative(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ValueError("must be a number of seconds >= 0")
+    return float(v)
+
+
 def _str(v):
     if v is None:
         return ""
@@ -94,15 +100,23 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.httpUrl": ("", _str),
     "app.webSocketUrl": ("", _str),
     "app.workers": (1, _int_at_least(1)),
-    "app.workerConnections": (10000, _int_at_least(1)),
+    "app.workerConnections": (1000, _int_at_least(1)),
+    "app.maxConnections": (10000, _int_at_least(1)),
     "app.appIDs": ((101, 102, 103, 104), _app_ids),
     "app.maxUserIDLength": (64, _int_at_least(1)),
+    "app.maxMessageLength": (16384, _int_at_least(1)),
     "app.maxFrameBytes": (65536, _int_at_least(128)),
     "app.heartbeatTimeout": (360.0, _seconds),
     "app.sweepInterval": (30.0, _seconds),
     "app.clientHeartbeatInterval": (30, _int_at_least(1)),
     "app.presenceMaxRoom": (1000, _int_at_least(0)),
     "app.sendQueueBytes": (1 << 20, _int_at_least(1024)),
+    "app.sendQueueFrames": (4096, _int_at_least(1)),
+    "app.rateLimit": (20.0, _seconds),
+    "app.rateBurst": (40, _int_at_least(1)),
+    "app.pingInterval": (60.0, _seconds),
+    "app.pingTimeout": (30.0, _seconds),
+    "app.drainWindow": (5.0, _non_negative),
     "app.writeTimeout": (10.0, _seconds),
     "app.reportInterval": (30.0, _seconds),
     "app.rpcTimeout": (2.0, _seconds),

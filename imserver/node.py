@@ -51,6 +51,7 @@ class Node:
         self.addr = f"{advertise_ip}:{self.rpc_port}"
         self.app_ids = frozenset(cfg["app.appIDs"])
         self.max_user_id = cfg["app.maxUserIDLength"]
+        self.max_connections = cfg["app.maxConnections"]
         self.presence_max_room = cfg["app.presenceMaxRoom"]
         self.started_at = time.time()
         self._seq = itertools.count(1)

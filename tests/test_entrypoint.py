@@ -268,7 +268,7 @@ def test_gunicorn_conf_default_bind_has_both_ports(tmp_path):
     assert result.returncode == 0, result.stderr
     ns = json.loads(result.stdout)
     assert ns["bind"] == ["0.0.0.0:8080", "0.0.0.0:8089"]
-    assert ns["worker_connections"] == 10000
+    assert ns["worker_connections"] == 1000
     assert ns["loglevel"] == "info"
     assert list(ns["logconfig_dict"]["handlers"]) == ["stderr"]  # no logFile, no file handler
 

@@ -1,7 +1,9 @@
 """The WebSocket endpoint ``/acc``."""
+from typing import Optional
+
 from flask import Blueprint, Response, request
 
-from .app import get_node
+from .app import NODE_KEY, get_node
 
 bp = Blueprint("acc", __name__)
 
@@ -21,3 +23,18 @@ def acc():
 def plain_get():
     return Response("/acc is a WebSocket endpoint: connect with a WebSocket client "
                     "(Upgrade: websocket)\n", status=400, mimetype="text/plain")
+
+
+def admit(app, environ) -> "Optional[tuple[str, bytes]]":
+    """Decide on a WebSocket upgrade before it happens (called by the worker's handler):
+    None to go ahead, or (HTTP status, text body) to refuse it."""
+    if environ.get("PATH_INFO") != "/acc":
+        return None
+    node = app.extensions.get(NODE_KEY) if hasattr(app, "extensions") else None
+    if node is None:
+        return None
+    if node.stopping:
+        return "503 Service Unavailable", b"the node is shutting down; connect again\n"
+    if len(node.hub.connections) >= node.max_connections:
+        return "503 Service Unavailable", b"the node has reached app.maxConnections\n"
+    return None

@@ -1,0 +1,195 @@
+"""Results on disk: ``results.json`` (everything), ``samples.json`` (raw latencies and the
+memory curve), ``results.md`` (a Markdown summary) and PNG plots (matplotlib, Agg):
+``latency.png`` (unicast latency CDF, broadcast receive CDF and last-receive times) and
+``memory.png`` (server RSS and KB per connection against the number of connections)."""
+import json
+import os
+
+
+def _fmt(v, digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def rows(results) -> "list[tuple[str, str, str]]":
+    """(scenario, metric, value) for the summary table."""
+    out = []
+    sc = results.get("scenarios", {})
+    c = sc.get("connect")
+    if c:
+        out += [("connect", "connected / requested", f"{_fmt(c['connected'])} / {_fmt(c['requested'])}"),
+                ("connect", "failed", _fmt(c["failed"]) + (
+                    " (" + ", ".join(f"{k}: {v}" for k, v in c["failures"].items()) + ")"
+                    if c["failures"] else "")),
+                ("connect", "time to all logged in (s)", _fmt(c["seconds_to_all_logged_in"], 2)),
+                ("connect", "connect+login rate (/s)", _fmt(c["rate_per_s"])),
+                ("connect", "login latency p50 / p99 (ms)",
+                 f"{_fmt(c['login_latency_ms'].get('p50'))} / {_fmt(c['login_latency_ms'].get('p99'))}")]
+        if c.get("server_kb_per_conn_after_connect") is not None:
+            out.append(("connect", "server KB/conn right after connect",
+                        _fmt(c["server_kb_per_conn_after_connect"])))
+    i = sc.get("idle")
+    if i:
+        out += [("idle", "held (s), heartbeat every (s)",
+                 f"{_fmt(i['duration_s'])}, {_fmt(i['heartbeat_interval_s'])}"),
+                ("idle", "connections at start / end",
+                 f"{_fmt(i['connections_at_start'])} / {_fmt(i['connections_at_end'])}"),
+                ("idle", "dropped", _fmt(i["dropped"])),
+                ("idle", "server RSS before / after (MB)",
+                 f"{_fmt((i.get('server_rss_before_kb') or 0) / 1024)} / "
+                 f"{_fmt((i.get('server_rss_after_kb') or 0) / 1024)}"
+                 if i.get("server_rss_before_kb") is not None else "–"),
+                ("idle", "server KB per connection", _fmt(i.get("kb_per_conn"))),
+                ("idle", "client KB per connection", _fmt(i.get("client_kb_per_conn")))]
+    b = sc.get("broadcast")
+    if b:
+        out += [("broadcast", "receivers × messages", f"{_fmt(b['receivers'])} × {_fmt(b['messages'])}"),
+                ("broadcast", "delivered / expected",
+                 f"{_fmt(b['delivered'])} / {_fmt(b['expected_deliveries'])}"),
+                ("broadcast", "fan-out rate, median (deliveries/s)", _fmt(b["fanout_per_s_median"])),
+                ("broadcast", "throughput over the run (deliveries/s)", _fmt(b["deliveries_per_s"])),
+                ("broadcast", "server CPU per delivery (µs)", _fmt(b["cpu_us_per_delivery"], 2)),
+                ("broadcast", "HTTP call → last client, p50 / max (ms)",
+                 f"{_fmt(b['last_receive_ms'].get('p50'))} / {_fmt(b['last_receive_ms'].get('max'))}"),
+                ("broadcast", "receive latency p50 / p99 (ms)",
+                 f"{_fmt(b['receive_latency_ms'].get('p50'))} / {_fmt(b['receive_latency_ms'].get('p99'))}")]
+    u = sc.get("unicast")
+    if u and "latency_ms" in u:
+        lat = u["latency_ms"]
+        out += [("unicast", "sent ok / received / lost",
+                 f"{_fmt(u['sent_ok'])} / {_fmt(u['received'])} / {_fmt(u['lost'])}"),
+                ("unicast", "rate target / achieved (/s)",
+                 f"{_fmt(u['target_rate_per_s'])} / {_fmt(u['achieved_rate_per_s'])}"),
+                ("unicast", "latency p50 / p99 / max (ms)",
+                 f"{_fmt(lat.get('p50'), 2)} / {_fmt(lat.get('p99'), 2)} / {_fmt(lat.get('max'), 2)}"),
+                ("unicast", "HTTP call p50 / p99 (ms)",
+                 f"{_fmt(u['http_ms'].get('p50'), 2)} / {_fmt(u['http_ms'].get('p99'), 2)}")]
+    ch = sc.get("churn")
+    if ch:
+        out += [("churn", "rate target / achieved (/s)",
+                 f"{_fmt(ch['target_rate_per_s'])} / {_fmt(ch['achieved_rate_per_s'])}"),
+                ("churn", "logins / clean leaves / failed",
+                 f"{_fmt(ch['logged_in'])} / {_fmt(ch['left'])} / {_fmt(ch['failed'])}")]
+        if ch.get("server_rss_start_kb") is not None:
+            out.append(("churn", "server RSS start / end (MB)",
+                        f"{_fmt(ch['server_rss_start_kb'] / 1024)} / {_fmt(ch['server_rss_end_kb'] / 1024)}"))
+    return out
+
+
+def table(results) -> str:
+    lines = ["| scenario | metric | value |", "|---|---|---|"]
+    lines += [f"| {s} | {m} | {v} |" for s, m, v in rows(results)]
+    return "\n".join(lines)
+
+
+def markdown(results, plots) -> str:
+    meta = results.get("meta", {})
+    out = [f"# imserver.bench results ({meta.get('started', '')})", "",
+           f"- command: `{meta.get('command', '')}`",
+           f"- driver `{meta.get('driver')}`, WebSocket {', '.join(meta.get('ws_urls', []))}, "
+           f"HTTP {meta.get('http')}",
+           f"- {meta.get('client_procs', '?')} client process(es), source addresses "
+           f"{', '.join(meta.get('source_ips') or []) or 'any'}",
+           f"- server processes: {', '.join(str(p) for p in meta.get('server_pids') or []) or 'not measured'}",
+           ]
+    if results.get("aborted"):
+        out.append(f"- **aborted**: {results['aborted']}")
+    out += ["", table(results), ""]
+    b = results.get("scenarios", {}).get("broadcast")
+    if b and b.get("per_message"):
+        out += ["## Broadcasts", "",
+                "| msgID | HTTP (ms) | received | first (ms) | p50 (ms) | last (ms) |",
+                "|---|---|---|---|---|---|"]
+        for r in b["per_message"]:
+            out.append(f"| {r['msg_id']} | {_fmt(r['http_ms'])} | {_fmt(r['received'])} | "
+                       f"{_fmt(r.get('first_receive_ms'))} | {_fmt(r.get('p50_ms'))} | "
+                       f"{_fmt(r.get('last_receive_ms'))} |")
+        out.append("")
+    for name in plots:
+        out += [f"![{name}]({name})", ""]
+    return "\n".join(out)
+
+
+def plot(out_dir, samples) -> "list[str]":
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+
+    written = []
+    uni = sorted(samples.get("unicast_latency_ms") or [])
+    brecv = sorted(samples.get("broadcast_receive_ms") or [])
+    blast = samples.get("broadcast_last_ms") or []
+    if uni or brecv or blast:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        ax = axes[0]
+        for values, label in ((uni, "unicast: HTTP call → frame"),
+                              (brecv, "broadcast: HTTP call → each receiver")):
+            if values:
+                n = len(values)
+                ax.plot(values, [(i + 1) / n for i in range(n)], label=label)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("fraction of messages")
+        ax.set_title("Latency CDF")
+        ax.grid(True, alpha=0.3)
+        if uni or brecv:
+            ax.legend(loc="lower right", fontsize=8)
+            if min((uni or brecv)[0], (brecv or uni)[0]) > 0:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax = axes[1]
+        if blast:
+            ax.bar(range(1, len(blast) + 1), blast, color="tab:orange")
+            ax.set_xlabel("broadcast #")
+            ax.set_ylabel("HTTP call → last receiver (ms)")
+            ax.set_title("Broadcast: time to the last client")
+        elif uni:
+            ax.hist(uni, bins=min(50, max(5, len(uni) // 5)))
+            ax.set_xlabel("unicast latency (ms)")
+            ax.set_ylabel("messages")
+            ax.set_title("Unicast latency histogram")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "latency.png"), dpi=100)
+        plt.close(fig)
+        written.append("latency.png")
+    mem = samples.get("memory_curve") or []
+    if len(mem) >= 2:
+        base = mem[0][1]
+        ns = [p[0] for p in mem]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        axes[0].plot(ns, [p[1] / 1024 for p in mem], marker="o")
+        axes[0].set_xlabel("connections logged in")
+        axes[0].set_ylabel("server RSS (MB)")
+        axes[0].set_title("Server memory while connecting")
+        axes[0].grid(True, alpha=0.3)
+        pts = [(n, (rss - base) / n) for n, rss in mem if n > 0]
+        if pts:
+            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="tab:green")
+        axes[1].set_xlabel("connections logged in")
+        axes[1].set_ylabel("KB per connection (RSS − baseline) / N")
+        axes[1].set_title("Server memory per connection")
+        axes[1].grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "memory.png"), dpi=100)
+        plt.close(fig)
+        written.append("memory.png")
+    return written
+
+
+def write(out_dir, results, samples, plots=True) -> "list[str]":
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=2, ensure_ascii=False)
+    with open(os.path.join(out_dir, "samples.json"), "w") as fh:
+        json.dump(samples, fh)
+    written = plot(out_dir, samples) if plots else []
+    with open(os.path.join(out_dir, "results.md"), "w") as fh:
+        fh.write(markdown(results, written))
+    return ["results.json", "samples.json", "results.md"] + written
