@@ -26,19 +26,23 @@ CLOSE_TIMEOUT = 5.0  # how long a closing peer may take to answer our close fram
 CLOSE_REPLACED = 4000  # the same user logged in on another connection
 CLOSE_HEARTBEAT_TIMEOUT = 4001
 
+PING_FRAME = frames.encode_frame(frames.OP_PING, b"")
+
 
 class Connection:
     """State of one client socket. ``user_id``/``app_id`` are set by a successful login."""
 
     __slots__ = ("id", "sock", "_raw_send", "_rbuf", "addr", "port", "app_id", "user_id",
-                 "connect_time", "login_time", "heartbeat_time", "closed", "closing",
-                 "_backlog", "_backlog_bytes", "_writer", "_max_backlog", "_write_timeout",
-                 "_max_frame", "__weakref__")
+                 "connect_time", "login_time", "heartbeat_time", "last_seen", "pinged",
+                 "closed", "closing", "tokens", "tokens_time", "strikes",
+                 "_backlog", "_backlog_bytes", "_writer", "_max_backlog", "_max_frames",
+                 "_write_timeout", "_max_frame", "__weakref__")
 
     _next_id = 0
 
     def __init__(self, sock, addr, pending: bytes, max_frame_bytes: int,
-                 max_backlog_bytes: int, write_timeout: float):
+                 max_backlog_bytes: int, max_backlog_frames: int, write_timeout: float,
+                 burst: int):
         Connection._next_id += 1
         self.id = Connection._next_id
         self.sock = sock
@@ -55,12 +59,18 @@ class Connection:
         self.connect_time = now
         self.login_time = 0.0
         self.heartbeat_time = now  # before login the connect time counts, as the protocol says
+        self.last_seen = now  # the last frame of any kind from the peer
+        self.pinged = False  # a server ping is out since last_seen
+        self.tokens = float(burst)  # rate limit: a token bucket refilled by the node
+        self.tokens_time = now
+        self.strikes = 0  # messages refused in a row for the rate
         self.closed = False  # no more writes
         self.closing = False  # our close frame is queued
         self._backlog = None  # deque of bytes not yet written, when there is a backlog
         self._backlog_bytes = 0
         self._writer = None
         self._max_backlog = max_backlog_bytes
+        self._max_frames = max_backlog_frames
         self._write_timeout = write_timeout
         self._max_frame = max_frame_bytes
 
@@ -110,9 +120,10 @@ class Connection:
 
     def _write(self, frame: bytes) -> bool:
         if self._backlog is not None:
-            if self._backlog_bytes + len(frame) > self._max_backlog:
-                log.info("%r: send backlog over %d bytes, disconnecting slow consumer",
-                         self, self._max_backlog)
+            if (self._backlog_bytes + len(frame) > self._max_backlog
+                    or len(self._backlog) >= self._max_frames):
+                log.info("%r: send backlog over %d bytes or %d frames, dropping slow consumer",
+                         self, self._max_backlog, self._max_frames)
                 self.abort()
                 return False
             self._backlog.append(frame)
@@ -155,6 +166,11 @@ class Connection:
         self._backlog_bytes = 0
         if self.closing:
             self._shutdown_write()
+
+    def ping(self) -> None:
+        """A WebSocket ping; browsers answer with a pong, which counts as a sign of life."""
+        if self.send(PING_FRAME):
+            self.pinged = True
 
     def close(self, code: int, reason: str = "") -> None:
         """Send a close frame after what is already queued; the reader ends when the peer
@@ -266,6 +282,8 @@ class Connection:
             if len(mask) < 4 or len(payload) < n:
                 return None  # the peer vanished mid-frame
             payload = frames.unmask(payload, mask)
+            self.last_seen = time.time()
+            self.pinged = False
             if op == frames.OP_PING:
                 if not self.closing:
                     self._write(frames.encode_frame(frames.OP_PONG, payload))

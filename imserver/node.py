@@ -12,7 +12,7 @@ import gevent
 from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_online, user_record
 from .config import is_cluster
 from .commands import CommandRegistry, commands as default_commands
-from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, Connection
+from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, CLOSE_TIMEOUT, Connection
 from .hub import Hub
 from .protocol import Code, ProtocolError, encode_push, encode_reply, parse_request
 from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE, is_encodable
@@ -52,10 +52,13 @@ class Node:
         self.app_ids = frozenset(cfg["app.appIDs"])
         self.max_user_id = cfg["app.maxUserIDLength"]
         self.max_connections = cfg["app.maxConnections"]
+        self.rate_limit = cfg["app.rateLimit"]
+        self.rate_burst = cfg["app.rateBurst"]
         self.presence_max_room = cfg["app.presenceMaxRoom"]
         self.started_at = time.time()
         self._seq = itertools.count(1)
         self._background = []
+        self._stopper = None
         self._closers = []  # called at stop, last added first
         self._store_healthy = True
         self._peer_room_sizes: "dict[int, int]" = {}
@@ -73,23 +76,47 @@ class Node:
         self._background.append(gevent.spawn(self._report_forever))
 
     def stop(self, close_code: int = 1001, reason: str = "server going away") -> None:
-        """Leave the cluster and close every client (they reconnect elsewhere)."""
+        """Leave the cluster at once, then close every client (they reconnect elsewhere),
+        spread over app.drainWindow so that their reconnects do not all land at once.
+        Returns at once; ``wait_stopped`` waits for the end."""
         if self.stopping:
             return
-        self.stopping = True
+        self.stopping = True  # from now on upgrades are refused
         for g in self._background:
             g.kill(block=False)
         try:
             self.store.remove_node(self.addr)
         except StoreError as exc:
             log.warning("could not unregister node %s: %s", self.addr, exc)
-        for conn in tuple(self.hub.connections.values()):
-            conn.close(close_code, reason)
+        self._stopper = gevent.spawn(self._drain, close_code, reason)
+
+    def _drain(self, close_code: int, reason: str) -> None:
+        conns = tuple(self.hub.connections.values())
+        window = self.cfg["app.drainWindow"]
+        steps = max(1, min(len(conns), int(window / 0.05)))
+        per_step = -(-len(conns) // steps) if conns else 0
+        log.info("closing %d connections over %.1fs", len(conns), window)
+        for start in range(0, len(conns), per_step or 1):
+            for conn in conns[start:start + per_step]:
+                conn.close(close_code, reason)
+            if window:
+                gevent.sleep(window / steps)
+        with gevent.Timeout(CLOSE_TIMEOUT + 1, False):
+            while self.hub.connections:
+                gevent.sleep(0.05)
         for fn in reversed(self._closers):
             try:
                 fn()
             except Exception:
                 log.exception("error while stopping")
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """After ``stop``: wait until the clients are gone and the node's services closed."""
+        stopper = self._stopper
+        if stopper is None:
+            return True
+        stopper.join(timeout)
+        return stopper.dead
 
     def _report_forever(self):
         interval = self.cfg["app.reportInterval"]
@@ -139,18 +166,40 @@ class Node:
                 log.exception("sweep failed")
 
     def sweep(self, now: float) -> int:
-        """Close connections whose last heartbeat is older than the timeout."""
+        """Close connections whose last heartbeat is older than the timeout; ping quiet
+        ones, and drop those that did not answer a ping (dead peers behind NAT)."""
         limit = now - self.cfg["app.heartbeatTimeout"]
-        closed = 0
+        ping_after = now - self.cfg["app.pingInterval"]
+        dead_after = ping_after - self.cfg["app.pingTimeout"]
+        closed = dropped = 0
         for conn in tuple(self.hub.connections.values()):
-            if conn.heartbeat_time < limit and not conn.closing:
+            if conn.closing:
+                continue
+            if conn.heartbeat_time < limit:
                 conn.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 closed += 1
-        if closed:
-            log.info("closed %d connections without a heartbeat for %.0fs",
-                     closed, self.cfg["app.heartbeatTimeout"])
+            elif conn.last_seen < dead_after and conn.pinged:
+                conn.abort()
+                dropped += 1
+            elif conn.last_seen < ping_after and not conn.pinged:
+                conn.ping()
+        if closed or dropped:
+            log.info("closed %d connections without a heartbeat for %.0fs, dropped %d that "
+                     "did not answer a ping", closed, self.cfg["app.heartbeatTimeout"], dropped)
         self.store.prune()
-        return closed
+        return closed + dropped
+
+    def allow_message(self, conn: Connection, now: float) -> bool:
+        """Token bucket: app.rateLimit messages a second, bursts of app.rateBurst."""
+        tokens = min(self.rate_burst, conn.tokens + (now - conn.tokens_time) * self.rate_limit)
+        conn.tokens_time = now
+        if tokens >= 1.0:
+            conn.tokens = tokens - 1.0
+            conn.strikes = 0
+            return True
+        conn.tokens = tokens
+        conn.strikes += 1
+        return False
 
     # -- one connection ------------------------------------------------------------------
 
@@ -159,7 +208,9 @@ class Node:
         returns at once, so the HTTP handler and its request state are freed."""
         conn = Connection.adopt(ws, max_frame_bytes=self.cfg["app.maxFrameBytes"],
                                 max_backlog_bytes=self.cfg["app.sendQueueBytes"],
-                                write_timeout=self.cfg["app.writeTimeout"])
+                                max_backlog_frames=self.cfg["app.sendQueueFrames"],
+                                write_timeout=self.cfg["app.writeTimeout"],
+                                burst=self.rate_burst)
         self.hub.add(conn)
         if self.stopping:
             conn.close(1001, "server going away")
@@ -188,7 +239,15 @@ class Node:
                         conn.close(1007, "text frame is not valid UTF-8")
                         conn.discard_input()
                         break
-                self.dispatch(conn, payload)
+                if self.allow_message(conn, conn.last_seen):
+                    self.dispatch(conn, payload)
+                elif conn.strikes >= self.rate_burst:
+                    log.info("%r: kept sending over the rate limit, closing with 1008", conn)
+                    conn.close(1008, "rate limit exceeded")
+                    conn.discard_input()
+                    break
+                else:
+                    self.refuse(conn, payload, Code.RATE_LIMITED)
         except OSError as exc:
             log.debug("%r: socket error %s", conn, exc)
         except Exception:
@@ -196,6 +255,15 @@ class Node:
         finally:
             conn.release()
             self._disconnected(conn)
+
+    def refuse(self, conn: Connection, payload, code: Code) -> None:
+        """Answer a request with ``code`` without running it."""
+        try:
+            request = parse_request(payload)
+        except ProtocolError as exc:
+            conn.send(text_frame(encode_reply(exc.seq, exc.cmd, exc.code)))
+            return
+        conn.send(text_frame(encode_reply(request.seq, request.cmd, code)))
 
     def dispatch(self, conn: Connection, payload) -> None:
         try:

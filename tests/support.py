@@ -46,7 +46,8 @@ def wait_until(predicate, timeout=5.0, interval=0.05, what="condition"):
 
 CODE_MSG = {200: "Success", 1000: "未登录", 1001: "参数不合法", 1002: "非法的用户ID",
             1003: "未授权", 1004: "系统错误", 1005: "没有数据", 1006: "添加错误",
-            1007: "删除错误", 1008: "存储错误", 1009: "操作失败", 1010: "路由不存在"}
+            1007: "删除错误", 1008: "存储错误", 1009: "操作失败", 1010: "路由不存在",
+            1100: "节点不可达", 1101: "请求过于频繁"}
 
 
 def reply(seq, cmd, code=200, data=None) -> dict:
@@ -79,7 +80,9 @@ class NodeProcess:
         self.config = {"app": {"host": "127.0.0.1", "httpPort": self.http_port,
                                "webSocketPort": self.ws_port, "rpcPort": self.rpc_port,
                                "logFile": os.path.join(self.workdir, f"{name}.log"),
-                               "logLevel": "debug"}}
+                               "logLevel": "debug",
+                               # Spread shutdown closes over half a second, not five.
+                               "drainWindow": 0.5}}
         for section, values in (config or {}).items():
             self.config.setdefault(section, {}).update(values)
         self.config_path = os.path.join(self.workdir, f"{name}.yaml")

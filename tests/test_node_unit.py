@@ -37,10 +37,15 @@ class FakeConnection:
         self.connect_time = now
         self.login_time = 0.0
         self.heartbeat_time = now if heartbeat_time is None else heartbeat_time
+        self.last_seen = now
+        self.pinged = False
+        self.tokens, self.tokens_time, self.strikes = 40.0, now, 0
         self.closing = False
         self.closed = False
         self.frames = []
         self.closes = []
+        self.pings = 0
+        self.aborted = False
 
     @property
     def user_key(self):
@@ -57,6 +62,13 @@ class FakeConnection:
             return
         self.closing = True
         self.closes.append((code, reason))
+
+    def ping(self):
+        self.pings += 1
+        self.pinged = True
+
+    def abort(self):
+        self.aborted = self.closed = self.closing = True
 
     def messages(self):
         """Payloads of the recorded frames, checking that each is one final text frame."""
@@ -643,3 +655,33 @@ def test_node_address_is_advertised_ip_and_rpc_port(cfg):
     assert (node.ip, node.rpc_port, node.addr) == ("10.9.8.7", 9001, "10.9.8.7:9001")
     node = Node(cfg, MemoryPresenceStore(), NoPeersRelay(), "10.9.8.7", rpc_port=9003)
     assert node.addr == "10.9.8.7:9003"
+
+
+def test_sweep_pings_quiet_connections_and_drops_silent_ones(node):
+    now = 1_700_000_000.0
+    interval, timeout = node.cfg["app.pingInterval"], node.cfg["app.pingTimeout"]
+    talking = connect(node, heartbeat_time=now)
+    talking.last_seen = now - interval + 1
+    quiet = connect(node, heartbeat_time=now)
+    quiet.last_seen = now - interval - 1
+    silent = connect(node, heartbeat_time=now)
+    silent.last_seen = now - interval - timeout - 1
+    silent.pinged = True
+    assert node.sweep(now) == 1
+    assert (talking.pings, quiet.pings, silent.pings) == (0, 1, 0)
+    assert silent.aborted and not quiet.aborted and not talking.aborted
+    # A quiet connection is pinged once per silence, not at every sweep.
+    assert node.sweep(now + 1) == 0
+    assert quiet.pings == 1
+
+
+def test_rate_limit_is_a_token_bucket(node):
+    conn = connect(node)
+    now = 1_700_000_000.0
+    conn.tokens, conn.tokens_time = float(node.rate_burst), now
+    allowed = [node.allow_message(conn, now) for _ in range(node.rate_burst + 3)]
+    assert allowed == [True] * node.rate_burst + [False] * 3
+    assert conn.strikes == 3
+    # Refilled at app.rateLimit tokens a second.
+    assert node.allow_message(conn, now + 1.0 / node.rate_limit + 1e-6) is True
+    assert conn.strikes == 0

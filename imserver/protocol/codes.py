@@ -16,6 +16,7 @@ class Code(IntEnum):
     OPERATION_FAILURE = 1009
     ROUTING_NOT_EXIST = 1010
     NODE_UNREACHABLE = 1100
+    RATE_LIMITED = 1101
 
     @property
     def message(self) -> str:
@@ -36,6 +37,7 @@ _MESSAGES = {
     Code.OPERATION_FAILURE: "操作失败",
     Code.ROUTING_NOT_EXIST: "路由不存在",
     Code.NODE_UNREACHABLE: "节点不可达",
+    Code.RATE_LIMITED: "请求过于频繁",
 }
 
 

@@ -1,6 +1,7 @@
 """The HTTP API for back-end systems: who is online, and pushes to a user or a room."""
 from flask import Blueprint, Response, request
 
+from ..auth import auth_of
 from ..cluster import RelayError, StoreError
 from ..protocol import Code
 from ..protocol.envelope import is_encodable, parse_app_id
@@ -11,10 +12,59 @@ bp = Blueprint("api", __name__, url_prefix="/user")
 bp.after_request(add_cors)
 
 
+# Routes that need the API key (auth.apiKey) when one is set; the lists only with
+# auth.protectLists. The chat page has no key: a login token of its user stands in for it
+# (Authorization: Bearer) where the page needs one.
+PUSH_ROUTES = {"api.send_message", "api.send_message_all"}
+LIST_ROUTES = {"api.user_list", "api.online"}
+BEARER_ROUTES = {"api.send_message_all", "api.user_list"}
+
+
 @bp.before_request
-def preflight():
+def preflight_and_key():
     if request.method == "OPTIONS":
         return Response(status=204)  # CORS headers are added by add_cors
+    auth = auth_of(get_node())
+    if not auth.api_key_required:
+        return None
+    route = request.endpoint
+    if route not in PUSH_ROUTES and not (auth.protect_lists and route in LIST_ROUTES):
+        return None
+    if auth.api_key_ok(request.headers.get("X-API-Key")):
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and route in BEARER_ROUTES:
+        refused = _bearer_refusal(auth, token.strip(), route)
+        if not refused:
+            return None
+        return unauthorized(f"the Authorization token is refused: {refused}")
+    if "X-API-Key" in request.headers:
+        return unauthorized("the X-API-Key header does not hold a key of auth.apiKey")
+    return unauthorized("send the key of auth.apiKey in the X-API-Key header")
+
+
+def _bearer_refusal(auth, token: str, route: str) -> str:
+    """"" when ``token`` is a login token of the sender (``userID``, ``appID``) of a
+    sendMessageAll, or of a member of the room (``appID``) of a user list; else why not."""
+    if not auth.tokens_required:
+        return "tokens need auth.secret to be set"
+    claims, reason = auth.token_claims(token)
+    if claims is None:
+        return reason
+    p = params()
+    app_id = parse_app_id(claims.get("appID"))
+    if app_id is None or app_id != parse_app_id(p.get("appid")):
+        return "the token is for another appID"
+    user_id = claims.get("userID")
+    if route == "api.send_message_all" and (user_id is None or user_id != p.get("userid")):
+        return "the token is for another userID than the sender"
+    return ""
+
+
+def unauthorized(detail: str) -> Response:
+    answer = json_answer(Code.UNAUTHORIZED, None, detail)
+    answer.status_code = 401
+    return answer
 
 
 class BadParameter(Exception):
@@ -100,6 +150,12 @@ def online():
 def _send_fields(p: dict):
     msg_id = _text(p, "msgID", "msgID", required=False)
     message = _text(p, "message", "message")
+    limit = get_node().cfg["app.maxMessageLength"]
+    if len(message) > limit:
+        raise BadParameter(Code.PARAMETER_ILLEGAL,
+                           f"message is {len(message)} characters, more than app.maxMessageLength ({limit})")
+    if len(msg_id) > 256:
+        raise BadParameter(Code.PARAMETER_ILLEGAL, "msgID must be at most 256 characters")
     return msg_id, message
 
 

@@ -2,12 +2,14 @@
 blueprints. No app object exists at import time."""
 import logging
 import os
+import time
 
 import gevent
 from typing import Any, Mapping, Optional
 
 from flask import Flask, current_app, request
 
+from ..auth import Auth
 from ..config import is_cluster, load_config
 from ..node import Node, resolve_advertise_ip
 from ..protocol import Code
@@ -37,9 +39,12 @@ def build_node(cfg: dict) -> Node:
     mode each gunicorn worker is a node of its own, on rpc port app.rpcPort + index."""
     rpc_port = cfg["app.rpcPort"] + int(os.environ.get(WORKER_INDEX_ENV, "0"))
     advertise_ip = resolve_advertise_ip(cfg["app.advertiseAddr"])
+    auth = Auth(cfg)
     if not is_cluster(cfg):
         from ..cluster import MemoryPresenceStore, NoPeersRelay
-        return Node(cfg, MemoryPresenceStore(), NoPeersRelay(), advertise_ip, rpc_port)
+        node = Node(cfg, MemoryPresenceStore(), NoPeersRelay(), advertise_ip, rpc_port)
+        node.auth = auth
+        return node
 
     from ..cluster.grpc_relay import enable_gevent
     enable_gevent()  # before any gRPC object exists
@@ -50,11 +55,12 @@ def build_node(cfg: dict) -> Node:
         cfg["redis.url"], cfg["redis.addr"], cfg["redis.password"], cfg["redis.DB"],
         cfg["redis.poolSize"], cfg["redis.timeout"]))
     gevent.spawn(store.warm_up, cfg["redis.minIdleConns"])
-    relay = GrpcRelay(cfg["app.rpcTimeout"])
+    relay = GrpcRelay(cfg["app.rpcTimeout"], metadata=auth.rpc_metadata())
     node = Node(cfg, store, relay, advertise_ip, rpc_port)
+    node.auth = auth
     node.on_stop(store.close)
     node.on_stop(relay.close)
-    server = start_server(node, cfg["app.rpcHost"], rpc_port)
+    server = start_server(node, cfg["app.rpcHost"], rpc_port, secrets=auth.rpc_secrets)
     node.on_stop(lambda: server.stop(grace=1))
     return node
 
@@ -79,9 +85,9 @@ def drain(timeout: float) -> None:
     gunicorn requests, so gunicorn itself does not wait for them."""
     for node in _nodes:
         node.stop()
-    with gevent.Timeout(timeout, False):
-        while any(node.hub.connections for node in _nodes):
-            gevent.sleep(0.05)
+    deadline = time.monotonic() + timeout
+    for node in _nodes:
+        node.wait_stopped(max(0.0, deadline - time.monotonic()))
     left = sum(len(node.hub.connections) for node in _nodes)
     if left:
         log.warning("%d connections still open at exit", left)
@@ -123,6 +129,8 @@ def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optio
         log.info("node %s serving appIDs %s in %s mode", node.addr,
                  ",".join(map(str, cfg["app.appIDs"])),
                  "cluster" if is_cluster(cfg) else "embedded single-node")
+        for line in node.auth.warnings():
+            log.warning("%s", line)
     return app
 
 
