@@ -4,6 +4,7 @@ Started by `python -m imserver`; `gunicorn -c gunicorn.conf.py` works the same.
 """
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,6 +16,15 @@ try:
 except ConfigError as exc:
     print(f"imserver: config error: {exc}", file=sys.stderr)
     sys.exit(2)
+
+# Prometheus multi-process mode: every worker writes its metrics under one folder,
+# emptied at start; a scrape of any worker adds them up.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imserver-metrics-")
+for _name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+    if _name.endswith(".db"):
+        os.remove(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], _name))
 
 wsgi_app = "imserver.web:create_app()"
 worker_class = "imserver.worker.WebSocketWorker"
@@ -55,3 +65,15 @@ def worker_exit(server, worker):
     # Clients get their close frames before the process goes (bounded by graceful_timeout).
     from imserver.web.app import drain
     drain(timeout=graceful_timeout)
+
+
+def child_exit(server, worker):
+    # A dead worker's live gauges must stop counting.
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        import shutil
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -15,6 +15,7 @@ from collections import deque
 
 import gevent
 
+from . import metrics
 from .protocol import frames
 from .protocol.frames import FrameError
 
@@ -124,6 +125,7 @@ class Connection:
                     or len(self._backlog) >= self._max_frames):
                 log.info("%r: send backlog over %d bytes or %d frames, dropping slow consumer",
                          self, self._max_backlog, self._max_frames)
+                metrics.drop("slow_consumer")
                 self.abort()
                 return False
             self._backlog.append(frame)
@@ -155,6 +157,7 @@ class Connection:
                     self._backlog_bytes -= len(chunk)
                     continue
                 log.info("%r: write timed out after %.1fs", self, self._write_timeout)
+                metrics.drop("write_timeout")
                 self.abort()
                 return
         except OSError:

@@ -13,6 +13,7 @@ from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_onl
 from .config import is_cluster
 from .commands import CommandRegistry, commands as default_commands
 from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, CLOSE_TIMEOUT, Connection
+from . import metrics
 from .hub import Hub
 from .protocol import Code, ProtocolError, encode_push, encode_reply, parse_request
 from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE, is_encodable
@@ -72,6 +73,7 @@ class Node:
 
     def start(self) -> None:
         self._background.append(gevent.spawn(self._sweep_forever))
+        self._background.append(gevent.spawn(self._gauges_forever))
         self.report()
         self._background.append(gevent.spawn(self._report_forever))
 
@@ -117,6 +119,23 @@ class Node:
             return True
         stopper.join(timeout)
         return stopper.dead
+
+    def _gauges_forever(self, interval: float = 5.0):
+        while True:
+            self.update_gauges()
+            gevent.sleep(interval)
+
+    def update_gauges(self) -> None:
+        conns = self.hub.connections
+        backlog = writers = 0
+        for conn in conns.values():
+            if conn.has_writer:
+                writers += 1
+                backlog += conn.backlog_bytes
+        metrics.CONNECTIONS.set(len(conns))
+        metrics.USERS.set(self.hub.user_count)
+        metrics.SEND_QUEUE_BYTES.set(backlog)
+        metrics.SEND_QUEUE_CONNECTIONS.set(writers)
 
     def _report_forever(self):
         interval = self.cfg["app.reportInterval"]
@@ -183,6 +202,10 @@ class Node:
                 dropped += 1
             elif conn.last_seen < ping_after and not conn.pinged:
                 conn.ping()
+        if closed:
+            metrics.drop("heartbeat_timeout", closed)
+        if dropped:
+            metrics.drop("ping_timeout", dropped)
         if closed or dropped:
             log.info("closed %d connections without a heartbeat for %.0fs, dropped %d that "
                      "did not answer a ping", closed, self.cfg["app.heartbeatTimeout"], dropped)
@@ -225,6 +248,7 @@ class Node:
                     message = conn.read_message()
                 except FrameError as exc:
                     log.info("%r: %s, closing with %d", conn, exc.reason, exc.close_code)
+                    metrics.drop("message_too_big" if exc.close_code == 1009 else "protocol_error")
                     conn.close(exc.close_code, exc.reason)
                     conn.discard_input()
                     break
@@ -236,6 +260,7 @@ class Node:
                         payload = payload.decode("utf-8")
                     except UnicodeDecodeError:
                         log.info("%r: text frame is not UTF-8, closing with 1007", conn)
+                        metrics.drop("invalid_utf8")
                         conn.close(1007, "text frame is not valid UTF-8")
                         conn.discard_input()
                         break
@@ -243,6 +268,7 @@ class Node:
                     self.dispatch(conn, payload)
                 elif conn.strikes >= self.rate_burst:
                     log.info("%r: kept sending over the rate limit, closing with 1008", conn)
+                    metrics.drop("rate_limit")
                     conn.close(1008, "rate limit exceeded")
                     conn.discard_input()
                     break
@@ -272,15 +298,19 @@ class Node:
             conn.send(text_frame(encode_reply(exc.seq, exc.cmd, exc.code)))
             return
         handler = self.commands.get(request.cmd)
+        label = metrics.command_label(request.cmd)
+        metrics.MESSAGES_IN.labels(label).inc()
         if handler is None:
             reply = encode_reply(request.seq, request.cmd, Code.ROUTING_NOT_EXIST)
         else:
+            started = time.perf_counter()
             try:
                 code, data = handler(self, conn, request.data)
                 reply = encode_reply(request.seq, request.cmd, code, data)
             except Exception:
                 log.exception("%r: command %r failed", conn, request.cmd)
                 reply = encode_reply(request.seq, request.cmd, Code.SERVER_ERROR)
+            metrics.COMMAND_SECONDS.labels(label).observe(time.perf_counter() - started)
         conn.send(text_frame(reply))
 
     def valid_user_id(self, user_id) -> bool:
@@ -302,6 +332,7 @@ class Node:
         conn.login_time = conn.heartbeat_time = now
         if old is not None:
             log.info("%r replaces %r", conn, old)
+            metrics.drop("replaced")
             old.close(CLOSE_REPLACED, "logged in elsewhere")
         else:
             self.announce(app_id, user_id, "enter", ENTER_MESSAGE)
@@ -347,6 +378,7 @@ class Node:
         for user_id, conn in tuple(room.items()):
             if user_id != sender and conn.send(frame):
                 delivered += 1
+        metrics.DELIVERIES.inc(delivered)
         return delivered
 
     def deliver_frame_local(self, app_id: int, sender: str, seq: str, cmd: str, msg_type: str,
@@ -357,8 +389,11 @@ class Node:
     def deliver_to_local_user(self, app_id: int, user_id: str, seq: str, cmd: str,
                               msg_type: str, message: str, sender: str) -> bool:
         conn = self.hub.user(app_id, user_id)
-        return conn is not None and conn.send(
-            text_frame(encode_push(seq, cmd, message, sender, msg_type)))
+        if conn is None or not conn.send(text_frame(encode_push(seq, cmd, message, sender,
+                                                                msg_type))):
+            return False
+        metrics.DELIVERIES.inc()
+        return True
 
     def peers(self) -> "list[str]":
         """Live nodes but this one; raises StoreError."""
@@ -377,6 +412,7 @@ class Node:
     def push_to_room(self, app_id: int, sender: str, seq: str, cmd: str, msg_type: str,
                      message: str) -> int:
         frame = text_frame(encode_push(seq, cmd, message, sender, msg_type))
+        metrics.MESSAGES_OUT.labels(cmd).inc()
         delivered = self.deliver_local(app_id, sender, frame)
         try:
             peers = self.peers()
@@ -395,6 +431,7 @@ class Node:
         """Deliver to one user wherever they are: (delivered, reason when not).
         Raises StoreError when the store cannot say where the user is, and RelayError
         when the user's node cannot be reached."""
+        metrics.MESSAGES_OUT.labels(cmd).inc()
         if self.deliver_to_local_user(app_id, user_id, seq, cmd, msg_type, message, sender):
             return True, ""
         record = self.store.get_user(app_id, user_id)

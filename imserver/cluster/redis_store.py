@@ -14,6 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..metrics import REDIS_ERRORS
 from .base import MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, StoreError
 
 SERVERS_KEY = "acc:hash:servers"
@@ -50,6 +51,7 @@ class RedisPresenceStore(PresenceStore):
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as exc:
+            REDIS_ERRORS.inc()
             raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from None
 
     def ping(self) -> None:
