@@ -3,6 +3,7 @@ background work. Delivery always goes local first, then through the relay, so th
 embedded mode and the cluster run one code path."""
 import itertools
 import logging
+import os
 import socket
 import time
 from typing import Optional
@@ -13,7 +14,7 @@ from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_onl
 from .config import is_cluster
 from .commands import CommandRegistry, commands as default_commands
 from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, CLOSE_TIMEOUT, Connection
-from . import metrics
+from . import __version__, metrics
 from .hub import Hub
 from .protocol import Code, ProtocolError, encode_push, encode_reply, parse_request
 from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE, is_encodable
@@ -505,7 +506,19 @@ class Node:
             "greenlets": {"readers": len(conns), "writers": writers},
             "sendQueue": {"connectionsWithBacklog": writers, "backlogBytes": backlog},
             "managerInfo": {"clientsLen": len(conns), "usersLen": sum(rooms.values())},
+            "pid": os.getpid(),
+            "version": __version__,
+            "limits": {"maxConnections": self.max_connections,
+                       "maxFrameBytes": self.cfg["app.maxFrameBytes"],
+                       "rateLimit": self.rate_limit, "rateBurst": self.rate_burst},
+            "drops": dict(metrics.local_drops),
+            "stopping": self.stopping,
         }
+        if is_cluster(self.cfg):
+            try:
+                state["liveNodes"] = self.store.live_nodes()
+            except StoreError:
+                state["liveNodes"] = None
         if debug:
             import gc
             from greenlet import greenlet

@@ -50,6 +50,12 @@ def test_drops_are_counted_by_reason(make_node):
     assert c.wait_closed()[0] == 1008
     wait_until(lambda: scrape(node).get('imserver_drops_total{reason="rate_limit"}') == 1,
                what="the rate-limit drop to be counted")
+    state = node.state()
+    assert state["drops"] == {"rate_limit": 1}
+    assert state["pid"] in node.worker_pids()
+    assert state["limits"] == {"maxConnections": 10000, "maxFrameBytes": 65536,
+                               "rateLimit": 0.1, "rateBurst": 1}
+    assert state["stopping"] is False and "liveNodes" not in state
 
 
 def test_workers_are_summed(make_cluster_node):
