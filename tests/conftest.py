@@ -56,3 +56,55 @@ def make_cluster_node(make_node, redis_server):
         return make_node(merged, **kw)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def free_rpc_ports():
+    """A function ``first(n)``: the first of ``n`` consecutive free ports for the rpc ports
+    of an n-worker node (app.rpcPort + worker index). They are picked below the kernel's
+    ephemeral range: on a busy machine an outgoing connection may take an ephemeral port
+    between the check and the node's bind (gRPC binds the wildcard address)."""
+    import random
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            ephemeral_low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 20000, max(ephemeral_low, 21000)
+    family, wildcard = ((socket.AF_INET6, "::") if socket.has_ipv6 else
+                        (socket.AF_INET, "0.0.0.0"))
+
+    def bindable(port):
+        try:
+            with socket.socket(family) as s:
+                s.bind((wildcard, port))
+            return True
+        except OSError:
+            return False
+
+    def first(n=1, attempts=200):
+        for _ in range(attempts):
+            base = random.randrange(low, high - n)
+            if all(bindable(p) for p in range(base, base + n)):
+                return base
+        raise RuntimeError(f"no {n} consecutive free ports in {low}-{high}")
+
+    return first
+
+
+@pytest.fixture
+def start_cluster_node(make_cluster_node, free_rpc_ports):
+    """make_cluster_node with ``workers`` gunicorn workers, its rpc ports from
+    free_rpc_ports; ``proc.rpc_port`` is the first (worker 0's)."""
+
+    def start(config=None, workers=1, **kw):
+        rpc = free_rpc_ports(workers)
+        merged = {section: dict(values) for section, values in (config or {}).items()}
+        merged.setdefault("app", {}).update(workers=workers, rpcPort=rpc)
+        proc = make_cluster_node(merged, **kw)
+        proc.rpc_port = rpc
+        return proc
+
+    return start

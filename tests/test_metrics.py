@@ -58,8 +58,8 @@ def test_drops_are_counted_by_reason(make_node):
     assert state["stopping"] is False and "liveNodes" not in state
 
 
-def test_workers_are_summed(make_cluster_node):
-    node = make_cluster_node({"app": {"workers": 2}})
+def test_workers_are_summed(start_cluster_node):
+    node = start_cluster_node(workers=2)
     clients = [node.client() for _ in range(8)]
     try:
         for c in clients:
