@@ -13,7 +13,8 @@ import gevent
 from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_online, user_record
 from .config import is_cluster
 from .commands import CommandRegistry, commands as default_commands
-from .connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, CLOSE_TIMEOUT, Connection
+from .connection import (CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, CLOSE_TIMEOUT, Connection,
+                         send_to_all)
 from . import __version__, metrics
 from .hub import Hub
 from .protocol import Code, ProtocolError, encode_push, encode_reply, parse_request
@@ -375,10 +376,7 @@ class Node:
         room = self.hub.rooms.get(app_id)
         if not room:
             return 0
-        delivered = 0
-        for user_id, conn in tuple(room.items()):
-            if user_id != sender and conn.send(frame):
-                delivered += 1
+        delivered = send_to_all(tuple(room.values()), frame, sender)
         metrics.DELIVERIES.inc(delivered)
         return delivered
 

@@ -46,6 +46,8 @@ class FakeConnection:
         self.closes = []
         self.pings = 0
         self.aborted = False
+        # Not None: imserver.connection.send_to_all then takes the path through send().
+        self._backlog = ()
 
     @property
     def user_key(self):
