@@ -8,14 +8,14 @@ import argparse
 import os
 import sys
 
-from .config import CONFIG_ENV, DEFAULT_PATH, ConfigError, load_config
+from .config import CONFIG_ENV, DEFAULT_PATH, SECRET_KEYS, ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _masked(key: str, value):
     """Secrets are shown as *** by --check."""
-    if key == "redis.password" and value:
+    if (key == "redis.password" or key in SECRET_KEYS) and value:
         return "***"
     if key == "redis.url" and "@" in value:
         scheme, _, rest = value.partition("://")

@@ -3,14 +3,18 @@
 A handler takes (node, connection, data) and returns (code, reply data); an exception
 becomes a 1004 reply and a logged traceback.
 """
+import logging
 import time
 from typing import Any, Callable, Dict, Tuple
 
+from .auth import auth_of
 from .cluster import StoreError
 from .protocol import Code, fold_keys
 from .protocol.envelope import parse_app_id
 
 Handler = Callable[[Any, Any, Any], Tuple[Code, Any]]
+
+log = logging.getLogger("imserver.commands")
 
 
 class CommandRegistry:
@@ -46,6 +50,10 @@ def login(node, conn, data):
     if not node.valid_user_id(user_id):
         return Code.UNAUTHORIZED_USER_ID, None
     if app_id not in node.app_ids:
+        return Code.UNAUTHORIZED, None
+    refused = auth_of(node).check_token(fields.get("servicetoken"), app_id, user_id)
+    if refused:
+        log.info("%r: login of appID %d userID %r refused: %s", conn, app_id, user_id, refused)
         return Code.UNAUTHORIZED, None
     if conn.user_id or conn.closing:
         return Code.OPERATION_FAILURE, None

@@ -5,10 +5,13 @@ names (``app.httpPort``, ``redis.addr`` ...). An environment variable
 ``IMSERVER_<SECTION>_<KEY>`` (upper case, e.g. ``IMSERVER_APP_HTTPPORT=8081``,
 ``IMSERVER_REDIS_ADDR=127.0.0.1:6379``) overrides a key; its value is read as YAML,
 so ``IMSERVER_APP_APPIDS="[101, 102]"`` gives a list. ``IMSERVER_CONFIG`` names the file.
+Secrets (``auth.secret``, ``auth.apiKey``, ``auth.rpcSecret``) are taken as written unless
+they start with ``[`` (a YAML list, for rotation), and never appear in an error message.
 
 The result is a flat dict keyed by dotted names: ``cfg["app.httpPort"]``.
 """
 import os
+import re
 from typing import Any, Callable, Mapping, Optional
 
 import yaml
@@ -86,6 +89,44 @@ def _redis_url(v):
     return v
 
 
+MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _secrets(min_bytes):
+    """A string, or a list of strings for rotation (the first one is used to sign or
+    send, any one is accepted); empty: not set."""
+    def check(v):
+        if v is None or v == "" or v == []:
+            return ()
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or any(not isinstance(x, str) or not x for x in items):
+            raise ValueError("must be a string, or a list of strings for rotation (the new one "
+                             "first); put each in quotes")
+        if any(len(x.encode("utf-8")) < min_bytes for x in items):
+            raise ValueError(f"must be at least {min_bytes} bytes long; make one with {MAKE_SECRET}")
+        return tuple(items)
+    return check
+
+
+_ORIGIN = re.compile(r"https?://[^/\s?#]+")
+
+
+def _origins(v):
+    if v is None or v == "" or v == []:
+        return ()
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or any(not isinstance(x, str) for x in items):
+        raise ValueError('must be a list of origins, e.g. ["https://chat.example.com"]')
+    origins = []
+    for item in items:
+        origin = item.strip().rstrip("/").lower()
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError('must list origins written scheme://host[:port] without a path, '
+                             'e.g. ["https://chat.example.com"], or ["*"]')
+        origins.append(origin)
+    return tuple(origins)
+
+
 # key -> (default, validator); the order is the order of the reference in docs/CONFIG.md
 SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.logFile": ("", _str),
@@ -127,10 +168,19 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "redis.poolSize": (10, _int_at_least(1)),
     "redis.minIdleConns": (2, _int_at_least(0)),
     "redis.timeout": (1.0, _seconds),
+    "auth.secret": ((), _secrets(32)),
+    "auth.tokenTTL": (86400, _int_at_least(1)),
+    "auth.apiKey": ((), _secrets(16)),
+    "auth.protectLists": (False, _bool),
+    "auth.rpcSecret": ((), _secrets(16)),
+    "auth.origins": ((), _origins),
 }
+
+SECRET_KEYS = frozenset(("auth.secret", "auth.apiKey", "auth.rpcSecret"))
 
 _BY_FOLDED = {k.lower(): k for k in SCHEMA}
 _TEXT_CHECKS = (_str, _redis_url)
+SECTIONS = ("app", "redis", "auth")
 
 
 def _flatten(doc: Mapping, source: str) -> "dict[str, Any]":
@@ -151,13 +201,14 @@ def _env_values(env: Mapping[str, str]) -> "dict[str, tuple[Any, str]]":
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         section, _, key = name[len(ENV_PREFIX):].partition("_")
-        if section.lower() not in ("app", "redis"):
+        if section.lower() not in SECTIONS:
             continue  # another tool's IMSERVER_* variable
         dotted = _BY_FOLDED.get(f"{section}.{key}".lower())
         if dotted is None:
             raise ConfigError(f"environment variable {name}: no such config key; "
                               f"known keys: {', '.join(SCHEMA)}")
-        if SCHEMA[dotted][1] in _TEXT_CHECKS:
+        if SCHEMA[dotted][1] in _TEXT_CHECKS or (
+                dotted in SECRET_KEYS and not raw.lstrip().startswith("[")):
             value = raw  # text as written: a password of 0123 stays 0123
         else:
             try:
@@ -212,7 +263,8 @@ def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = N
         try:
             cfg[key] = check(value)
         except ValueError as exc:
-            raise ConfigError(f"{key} {exc}, got {value!r} (from {source})") from None
+            shown = "(not shown)" if key in SECRET_KEYS else repr(value)
+            raise ConfigError(f"{key} {exc}, got {shown} (from {source})") from None
     clustered = is_cluster(cfg)
     ports = [cfg["app.httpPort"], cfg["app.webSocketPort"]]
     if clustered:

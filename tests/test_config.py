@@ -46,6 +46,12 @@ DEFAULTS = {
     "redis.poolSize": 10,
     "redis.minIdleConns": 2,
     "redis.timeout": 1.0,
+    "auth.secret": (),
+    "auth.tokenTTL": 86400,
+    "auth.apiKey": (),
+    "auth.protectLists": False,
+    "auth.rpcSecret": (),
+    "auth.origins": (),
 }
 
 # key -> (environment value, expected config value, extra environment it needs); every
@@ -90,6 +96,15 @@ ENV_CASES = {
     "redis.poolSize": ("20", 20, {}),
     "redis.minIdleConns": ("0", 0, {}),
     "redis.timeout": ("0.25", 0.25, {}),
+    # secrets are text as written; a leading [ makes a YAML list (rotation)
+    "auth.secret": ("0123" * 8, ("0123" * 8,), {}),
+    "auth.tokenTTL": ("3600", 3600, {}),
+    "auth.apiKey": ("[key-new-0123456789, key-old-0123456789]",
+                    ("key-new-0123456789", "key-old-0123456789"), {}),
+    "auth.protectLists": ("true", True, {}),
+    "auth.rpcSecret": ("rpc-secret-0123456789", ("rpc-secret-0123456789",), {}),
+    "auth.origins": ("[https://Chat.Example.com/, http://localhost:8080]",
+                     ("https://chat.example.com", "http://localhost:8080"), {}),
 }
 
 

@@ -3,7 +3,9 @@
 gRPC runs cooperatively under gevent once ``init_gevent()`` has run (after
 monkey-patching, before any gRPC object exists): ``enable_gevent()`` does that. One
 channel per peer is kept and reused; every call has a deadline; a broadcast or a
-user-list query goes to all peers at once.
+user-list query goes to all peers at once. With ``auth.rpcSecret`` set, every call
+carries it in the metadata ``x-imserver-secret`` and the server refuses calls without it
+(UNAUTHENTICATED).
 """
 import logging
 from concurrent import futures
@@ -11,6 +13,8 @@ from concurrent import futures
 import gevent
 import grpc
 
+from ..auth import RPC_SECRET_HEADER, rpc_secret_ok
+from ..metrics import GRPC_CALLS, GRPC_ERRORS
 from ..protocol import Code
 from .base import Relay, RelayError
 from .pb import accserver_pb2 as pb
@@ -55,12 +59,21 @@ class GrpcRelay(Relay):
         return stub
 
     def _call(self, peer: str, method: str, request):
+        GRPC_CALLS.labels(peer, method).inc()
         try:
             return getattr(self._stub(peer), method)(request, timeout=self.timeout,
                                                      metadata=self._metadata)
         except grpc.RpcError as exc:
+            GRPC_ERRORS.labels(peer, method).inc()
             code = exc.code() if hasattr(exc, "code") else None
-            raise RelayError(f"{peer} {method}: {code.name if code else exc}") from None
+            hint = (" (the peer refused this node's auth.rpcSecret: give every node the same one)"
+                    if code == grpc.StatusCode.UNAUTHENTICATED else "")
+            raise RelayError(f"{peer} {method}: {code.name if code else exc}{hint}") from None
+
+    def query_online(self, peer, app_id, user_id) -> bool:
+        rsp = self._call(peer, "QueryUsersOnline",
+                         pb.QueryUsersOnlineReq(appID=app_id, userID=user_id))
+        return rsp.retCode == Code.OK and rsp.online
 
     def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg, sender="") -> bool:
         rsp = self._call(peer, "SendMsg", pb.SendMsgReq(
@@ -130,9 +143,34 @@ class AccServerServicer(pb_grpc.AccServerServicer):
         return pb.GetUserListRsp(retCode=Code.OK, userID=self.node.hub.user_ids(request.appID))
 
 
-def start_server(node, host: str, port: int, max_workers: int = 64) -> grpc.Server:
-    """Serve AccServer on host:port; raises RuntimeError when the port cannot be bound."""
+class SecretInterceptor(grpc.ServerInterceptor):
+    """Refuses, with UNAUTHENTICATED, every call whose metadata lacks one of ``secrets``."""
+
+    def __init__(self, secrets):
+        self.secrets = tuple(secrets)
+
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"missing or wrong {RPC_SECRET_HEADER} metadata (auth.rpcSecret)")
+
+        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    def intercept_service(self, continuation, handler_call_details):
+        presented = [v for k, v in handler_call_details.invocation_metadata or ()
+                     if k == RPC_SECRET_HEADER]
+        if len(presented) == 1 and rpc_secret_ok(presented[0], self.secrets):
+            return continuation(handler_call_details)
+        log.warning("refused gRPC call %s: missing or wrong %s metadata (auth.rpcSecret)",
+                    handler_call_details.method, RPC_SECRET_HEADER)
+        return self._refusal
+
+
+def start_server(node, host: str, port: int, max_workers: int = 64,
+                 secrets=()) -> grpc.Server:
+    """Serve AccServer on host:port, to callers that send one of ``secrets`` when any is
+    given; raises RuntimeError when the port cannot be bound."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[SecretInterceptor(secrets)] if secrets else None,
                          options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_AccServerServicer_to_server(AccServerServicer(node), server)
     try:

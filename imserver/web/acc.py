@@ -1,11 +1,14 @@
 """The WebSocket endpoint ``/acc``."""
+import logging
 from typing import Optional
 
 from flask import Blueprint, Response, request
 
+from ..auth import auth_of
 from .app import NODE_KEY, get_node
 
 bp = Blueprint("acc", __name__)
+log = logging.getLogger("imserver.acc")
 
 
 @bp.route("/acc", websocket=True)
@@ -33,6 +36,10 @@ def admit(app, environ) -> "Optional[tuple[str, bytes]]":
     node = app.extensions.get(NODE_KEY) if hasattr(app, "extensions") else None
     if node is None:
         return None
+    origin = environ.get("HTTP_ORIGIN")
+    if not auth_of(node).origin_allowed(origin):
+        log.info("WebSocket upgrade refused: origin %r is not in auth.origins", origin)
+        return "403 Forbidden", b"origin not allowed\n"
     if node.stopping:
         return "503 Service Unavailable", b"the node is shutting down; connect again\n"
     if len(node.hub.connections) >= node.max_connections:

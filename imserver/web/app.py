@@ -108,11 +108,12 @@ def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optio
     _nodes.append(node)
     app.extensions[NODE_KEY] = node
 
-    from . import acc, api, home, system
+    from . import acc, api, home, metrics, system
     app.register_blueprint(acc.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(home.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.errorhandler(404)
     @app.errorhandler(405)

@@ -24,7 +24,7 @@ def add_cors(response: Response) -> Response:
     if request.method == "OPTIONS":
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = request.headers.get(
-            "Access-Control-Request-Headers", "Content-Type, X-API-Key")
+            "Access-Control-Request-Headers", "Content-Type, X-API-Key, Authorization")
         response.headers["Access-Control-Max-Age"] = "86400"
         response.status_code = 204
         response.set_data(b"")

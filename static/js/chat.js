@@ -7,6 +7,10 @@
  * (POST /user/sendMessageAll) and reconnects by itself with a capped,
  * jittered exponential backoff. The wire contract is PROTOCOL.md.
  *
+ * The server picks the page's random name (userID) and, when logins need one,
+ * a token for it (token): the login's serviceToken, and the Authorization
+ * header of API calls. Reconnects keep both; a reload gets a new name.
+ *
  * Every piece of text that a user chose (names, messages, server reasons) is
  * put into the page with textContent, never parsed as HTML.
  */
@@ -23,7 +27,9 @@
     httpUrl: '',
     basePath: '',
     heartbeatInterval: 30,
-    presenceMaxRoom: 1000
+    presenceMaxRoom: 1000,
+    userID: '',
+    token: ''
   };
 
   var RECONNECT_BASE_MS = 1000;
@@ -69,6 +75,8 @@
     cfg.wsUrl = String(cfg.wsUrl || '').trim();
     cfg.httpUrl = String(cfg.httpUrl || '').trim();
     cfg.basePath = String(cfg.basePath || '').replace(/\/+$/, '');
+    cfg.userID = String(cfg.userID || '');
+    cfg.token = String(cfg.token || '');
     return cfg;
   }
 
@@ -117,8 +125,6 @@
     return out;
   }
 
-  function pick(list) { return list[randomInt(list.length)]; }
-
   var seqCounter = 0;
   /** Request seq: time, a counter and a random part, the shape the original page used. */
   function nextSeq() {
@@ -148,27 +154,24 @@
     return 'hsl(' + (Math.abs(hash) % 360) + ', 55%, 48%)';
   }
 
-  // ---------------------------------------------------------------- names
+  // ---------------------------------------------------------------- name and token
 
-  var ADJECTIVES = ['Brave', 'Calm', 'Clever', 'Cosmic', 'Eager', 'Fuzzy', 'Gentle', 'Happy',
-    'Jolly', 'Lucky', 'Mellow', 'Nimble', 'Quiet', 'Rapid', 'Sunny', 'Witty', 'Zesty', 'Bold',
-    'Swift', 'Kind', 'Misty', 'Noble', 'Perky', 'Shy'];
-  var ANIMALS = ['Otter', 'Panda', 'Falcon', 'Koala', 'Lynx', 'Fox', 'Heron', 'Tiger', 'Whale',
-    'Gecko', 'Badger', 'Robin', 'Yak', 'Owl', 'Seal', 'Crane', 'Bison', 'Moose', 'Lemur', 'Finch'];
-  var SURNAMES = ['王', '李', '张', '刘', '陈', '杨', '黄', '赵', '吴', '周', '徐', '孙', '马',
-    '朱', '胡', '郭', '何', '林', '高', '罗', '欧阳', '司马'];
-  var GIVEN_NAMES = ['伟', '芳', '娜', '秀英', '敏', '静', '丽', '强', '磊', '洋', '艳', '勇', '军',
-    '杰', '涛', '明', '超', '秀兰', '霞', '平', '刚', '小龙', '子涵', '浩然', '雨萱', '梓轩', '欣怡'];
-
-  /** A random display name: "SunnyOtter42" or a Chinese name with a number, at most 20 chars. */
-  function randomName() {
-    var name;
-    if (randomInt(2) === 0) {
-      name = pick(ADJECTIVES) + pick(ANIMALS) + (10 + randomInt(90));
-    } else {
-      name = pick(SURNAMES) + pick(GIVEN_NAMES) + (100 + randomInt(900));
-    }
+  /** The name the server chose for this page (a page rendered without one: a guest name). */
+  function pageName() {
+    var name = cfg.userID || 'Guest' + (1000 + randomInt(9000));
     return Array.from(name).slice(0, MAX_NAME_CHARS).join('');
+  }
+
+  /** True when the page's token has passed its exp claim (it cannot log in again). */
+  function tokenExpired() {
+    if (!cfg.token) return false;
+    try {
+      var part = cfg.token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      var claims = JSON.parse(atob(part + '==='.slice((part.length + 3) % 4)));
+      return typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now();
+    } catch (err) {
+      return false;
+    }
   }
 
   // ---------------------------------------------------------------- page state
@@ -189,7 +192,7 @@
     onlineToggle: $('online-toggle')
   };
 
-  var myName = randomName();
+  var myName = pageName();
   var baseTitle = document.title;
   var unread = 0;
 
@@ -314,6 +317,7 @@
     var url = apiBase() + path;
     var query = new URLSearchParams(params);
     var options = { method: method, headers: { 'Accept': 'application/json' }, cache: 'no-store' };
+    if (cfg.token) options.headers.Authorization = 'Bearer ' + cfg.token;
     if (method === 'GET') {
       url += '?' + query.toString();
     } else {
@@ -556,7 +560,7 @@
   }
 
   function login() {
-    request('login', { serviceToken: '', appID: cfg.appID, userID: myName }).then(function (response) {
+    request('login', { serviceToken: cfg.token, appID: cfg.appID, userID: myName }).then(function (response) {
       var code = response && response.code;
       if (code === CODES.OK) {
         loggedIn();
@@ -583,20 +587,23 @@
   }
 
   function loginRefused(code, codeMsg) {
+    var expired = code === CODES.UNAUTHORIZED && tokenExpired();
     var what = code === CODES.INVALID_USER_ID ? 'the name "' + myName + '" was refused'
-      : code === CODES.UNAUTHORIZED ? 'room ' + cfg.appID + ' is not open'
-        : 'the server refused the login';
+      : expired ? 'this page\'s sign-in has expired, reload the page'
+        : code === CODES.UNAUTHORIZED ? 'room ' + cfg.appID + ' is not open' + (cfg.token ? ' or the sign-in was refused' : '')
+          : 'the server refused the login';
     var text = 'Login failed: ' + codeMsg + ' (' + code + '): ' + what + '.';
     if (code === CODES.INVALID_USER_ID || code === CODES.UNAUTHORIZED) {
-      // Trying again would fail the same way: stop and say so.
+      // Trying again would fail the same way: stop and say so. The server names the
+      // page, so another name (or a fresh token) comes with a reload.
+      var reload = code === CODES.INVALID_USER_ID || expired;
       stop('error', 'Login failed');
       showBanner(text, {
-        label: code === CODES.INVALID_USER_ID ? 'Try another name' : 'Try again',
+        label: code === CODES.INVALID_USER_ID ? 'Try another name' : reload ? 'Reload' : 'Try again',
         run: function () {
-          if (code === CODES.INVALID_USER_ID) {
-            myName = randomName();
-            els.myName.textContent = myName;
-            els.myName.title = myName;
+          if (reload) {
+            location.reload();
+            return;
           }
           hideBanner();
           conn.attempt = 0;
