@@ -59,7 +59,9 @@ def login(node, conn, data):
         return Code.OPERATION_FAILURE, None
     try:
         node.login(conn, app_id, user_id)
-    except StoreError:
+    except StoreError as exc:
+        log.warning("%r: login of %s_%s refused, cluster store failed: %s",
+                    conn, app_id, user_id, exc)
         return Code.SERVER_ERROR, None
     return Code.OK, None
 

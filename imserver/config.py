@@ -165,7 +165,7 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "redis.url": ("", _redis_url),
     "redis.password": ("", _str),
     "redis.DB": (0, _int_at_least(0)),
-    "redis.poolSize": (10, _int_at_least(1)),
+    "redis.poolSize": (30, _int_at_least(1)),
     "redis.minIdleConns": (2, _int_at_least(0)),
     "redis.timeout": (1.0, _seconds),
     "auth.secret": ((), _secrets(32)),

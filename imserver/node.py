@@ -9,6 +9,7 @@ import time
 from typing import Optional
 
 import gevent
+import gevent.pool
 
 from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_online, user_record
 from .config import is_cluster
@@ -22,6 +23,9 @@ from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE, is_encodable
 from .protocol.frames import OP_TEXT, FrameError, text_frame
 
 log = logging.getLogger("imserver.node")
+
+PEERS_TTL = 1.0  # seconds a node trusts its list of live peers
+RELAY_CONCURRENCY = 64  # background relays (presence events) under way at once
 
 
 def resolve_advertise_ip(configured: str) -> str:
@@ -65,6 +69,10 @@ class Node:
         self._closers = []  # called at stop, last added first
         self._store_healthy = True
         self._peer_room_sizes: "dict[int, int]" = {}
+        self._pending_logouts: "dict[str, dict]" = {}  # logouts the store missed
+        self._peers: "list[str]" = []
+        self._peers_at = float("-inf")
+        self._relay_pool = gevent.pool.Pool(RELAY_CONCURRENCY)
         self.stopping = False
 
     # -- life ----------------------------------------------------------------------------
@@ -160,6 +168,11 @@ class Node:
                 self.store.set_users(records)
                 log.warning("node %s registered again, %d user records rewritten",
                             self.addr, len(records))
+            if self._pending_logouts:
+                pending = self._pending_logouts
+                self._pending_logouts = {}
+                self.store.set_users([r for key, r in pending.items()
+                                      if self.hub.user(r["appID"], r["userID"]) is None])
             sizes = {a: len(r) for a, r in self.hub.rooms.items()}
             self.store.report_room_sizes(self.addr, sizes, self.app_ids)
             live = set(self.store.live_nodes())
@@ -350,10 +363,13 @@ class Node:
     def _disconnected(self, conn: Connection) -> None:
         if not self.hub.remove(conn):
             return
+        record = self._record(conn, time.time(), logoff=True)
         try:
-            self.store.set_user(self._record(conn, time.time(), logoff=True))
+            self.store.set_user(record)
         except StoreError as exc:
-            log.warning("%r: logout not stored: %s", conn, exc)
+            # Written when the store is back, unless the user has logged in again by then.
+            self._pending_logouts[conn.user_key] = record
+            log.warning("%r: logout not stored yet: %s", conn, exc)
         self.announce(conn.app_id, conn.user_id, "exit", EXIT_MESSAGE)
 
     # -- delivery ------------------------------------------------------------------------
@@ -369,7 +385,7 @@ class Node:
         """A presence event, while the room is small enough for N-squared deliveries."""
         limit = self.presence_max_room
         if limit and self.room_size(app_id) <= limit:
-            self.push_to_room(app_id, user_id, self.next_seq(), cmd, "text", message)
+            self.push_to_room(app_id, user_id, self.next_seq(), cmd, "text", message, wait=False)
 
     def deliver_local(self, app_id: int, sender: str, frame: bytes) -> int:
         """Write one encoded frame to every local member of the room but ``sender``."""
@@ -394,22 +410,36 @@ class Node:
         metrics.DELIVERIES.inc()
         return True
 
-    def peers(self) -> "list[str]":
-        """Live nodes but this one; raises StoreError."""
-        return [a for a in self.store.live_nodes() if a != self.addr]
+    def peers(self, fresh: bool = False) -> "list[str]":
+        """Live nodes but this one. Broadcasts take the list as the store said at most
+        PEERS_TTL ago (a login burst must not cost one store round trip per presence
+        event); queries ask ``fresh``. Raises StoreError."""
+        now = time.monotonic()
+        if fresh or now - self._peers_at > PEERS_TTL:
+            self._peers = [a for a in self.store.live_nodes() if a != self.addr]
+            self._peers_at = now
+        return self._peers
 
-    def drop_peers(self, peers) -> None:
-        """Take unreachable peers out of the live set at once; a live one registers
-        again at its next report."""
-        for peer in peers:
-            self.relay.forget(peer)
+    def relay_failed(self, failures) -> None:
+        """Log failed calls to peers; take the unreachable ones (nothing listens at their
+        address) out of the live set at once. A live node registers again at its next
+        report; a slow or refusing one is not dropped."""
+        for exc in failures:
+            log.warning("relay: %s", exc)
+            if not exc.unreachable:
+                continue
+            self.relay.forget(exc.peer)
+            if exc.peer in self._peers:
+                self._peers = [p for p in self._peers if p != exc.peer]
             try:
-                self.store.remove_node(peer)
+                self.store.remove_node(exc.peer)
             except StoreError:
                 pass
 
     def push_to_room(self, app_id: int, sender: str, seq: str, cmd: str, msg_type: str,
-                     message: str) -> int:
+                     message: str, wait: bool = True) -> int:
+        """Deliver to the room here, then on every peer (in the background when not
+        ``wait``: presence events must not hold up the login that caused them)."""
         frame = text_frame(encode_push(seq, cmd, message, sender, msg_type))
         metrics.MESSAGES_OUT.labels(cmd).inc()
         delivered = self.deliver_local(app_id, sender, frame)
@@ -419,11 +449,17 @@ class Node:
             log.warning("room %d: peers unknown, delivered on this node only: %s", app_id, exc)
             return delivered
         if peers:
-            failed = self.relay.broadcast(peers, app_id, sender, seq, cmd, msg_type, message)
-            if failed:
-                log.warning("room %d: broadcast did not reach %s", app_id, ", ".join(failed))
-                self.drop_peers(failed)
+            args = (peers, app_id, sender, seq, cmd, msg_type, message)
+            if wait:
+                self._relay_broadcast(*args)
+            else:
+                self._relay_pool.spawn(self._relay_broadcast, *args)
         return delivered
+
+    def _relay_broadcast(self, peers, *args) -> None:
+        failures = self.relay.broadcast(peers, *args)
+        if failures:
+            self.relay_failed(failures)
 
     def push_to_user(self, app_id: int, user_id: str, seq: str, cmd: str, msg_type: str,
                      message: str, sender: str) -> "tuple[bool, str]":
@@ -433,18 +469,15 @@ class Node:
         metrics.MESSAGES_OUT.labels(cmd).inc()
         if self.deliver_to_local_user(app_id, user_id, seq, cmd, msg_type, message, sender):
             return True, ""
-        record = self.store.get_user(app_id, user_id)
-        if not record_is_online(record):
-            return False, "user is not online"
-        peer = f"{record['accIp']}:{record['accPort']}"
-        if peer == self.addr:
+        peer = self._remote_home(app_id, user_id)
+        if peer is None:
             return False, "user is not online"
         try:
             if self.relay.send_to_user(peer, app_id, user_id, seq, cmd, msg_type, message,
                                        sender):
                 return True, ""
-        except RelayError:
-            self.drop_peers([peer])
+        except RelayError as exc:
+            self.relay_failed([exc])
             raise
         return False, "user is not online"
 
@@ -452,24 +485,38 @@ class Node:
         """Users of the room on every live node, each once, and the nodes that did not
         answer. Raises StoreError when the live nodes cannot be known."""
         users = self.hub.user_ids(app_id)
-        peers = self.peers()
-        failed = []
+        peers = self.peers(fresh=True)
+        failures = []
         if peers:
-            remote, failed = self.relay.user_lists(peers, app_id)
+            remote, failures = self.relay.user_lists(peers, app_id)
             seen = set(users)
             users.extend(u for u in remote if not (u in seen or seen.add(u)))
-            self.drop_peers(failed)
-        return users, failed
+            self.relay_failed(failures)
+        return users, [exc.peer for exc in failures]
 
-    def is_online(self, app_id: int, user_id: str) -> bool:
-        """Online here, or by a fresh record of a live node. Raises StoreError."""
-        if self.hub.user(app_id, user_id) is not None:
-            return True
+    def _remote_home(self, app_id: int, user_id: str) -> "str | None":
+        """The live peer a fresh record places the user on, or None. Raises StoreError."""
         record = self.store.get_user(app_id, user_id)
         if not record_is_online(record):
+            return None
+        peer = f"{record['accIp']}:{record['accPort']}"
+        if peer == self.addr or peer not in self.peers(fresh=True):
+            return None
+        return peer
+
+    def is_online(self, app_id: int, user_id: str) -> bool:
+        """Online here, or on the live peer its record names, as that peer confirms (a
+        restarted node keeps its address but not its users). Raises StoreError."""
+        if self.hub.user(app_id, user_id) is not None:
+            return True
+        peer = self._remote_home(app_id, user_id)
+        if peer is None:
             return False
-        node = f"{record['accIp']}:{record['accPort']}"
-        return node != self.addr and node in self.store.live_nodes()
+        try:
+            return self.relay.query_online(peer, app_id, user_id)
+        except RelayError as exc:
+            self.relay_failed([exc])
+            return False
 
     def claim_msg_id(self, msg_id: str) -> bool:
         """True when ``msg_id`` is new (or empty: no deduplication); may raise StoreError."""

@@ -373,10 +373,14 @@ def test_memory_reclaim_after_expiry_restarts_the_12_hours():
 def test_no_peers_relay_reaches_no_one():
     relay = NoPeersRelay()
     assert relay.send_to_user("10.0.0.2:9001", 101, "bob", "s", "msg", "text", "hi") is False
-    assert relay.broadcast(["10.0.0.2:9001", "10.0.0.3:9001"], 101, "alice", "s", "msg", "text",
-                           "hi") == ["10.0.0.2:9001", "10.0.0.3:9001"]
+    failures = relay.broadcast(["10.0.0.2:9001", "10.0.0.3:9001"], 101, "alice", "s", "msg",
+                               "text", "hi")
+    assert [(f.peer, f.unreachable) for f in failures] == [("10.0.0.2:9001", True),
+                                                           ("10.0.0.3:9001", True)]
     assert relay.broadcast([], 101, "alice", "s", "msg", "text", "hi") == []
-    assert relay.user_lists(["10.0.0.2:9001"], 101) == ([], ["10.0.0.2:9001"])
+    users, failures = relay.user_lists(["10.0.0.2:9001"], 101)
+    assert users == [] and [f.peer for f in failures] == ["10.0.0.2:9001"]
+    assert relay.query_online("10.0.0.2:9001", 101, "bob") is False
     relay.close()
 
 

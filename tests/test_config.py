@@ -43,7 +43,7 @@ DEFAULTS = {
     "redis.url": "",
     "redis.password": "",
     "redis.DB": 0,
-    "redis.poolSize": 10,
+    "redis.poolSize": 30,
     "redis.minIdleConns": 2,
     "redis.timeout": 1.0,
     "auth.secret": (),

@@ -23,7 +23,13 @@ class StoreError(Exception):
 
 
 class RelayError(Exception):
-    """A peer could not be reached in time."""
+    """A call to a peer failed. ``unreachable``: nothing answers at its address (the node
+    is gone), as opposed to a slow or refusing peer, which is still alive."""
+
+    def __init__(self, peer: str, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.peer = peer
+        self.unreachable = unreachable
 
 
 def user_record(node_ip: str, rpc_port: int, app_id: int, user_id: str, client_ip: str,
@@ -108,14 +114,18 @@ class Relay(abc.ABC):
         Raises RelayError when the peer cannot be reached in time."""
 
     @abc.abstractmethod
-    def broadcast(self, peers: "list[str]", app_id: int, sender: str, seq: str, cmd: str,
-                  msg_type: str, msg: str) -> "list[str]":
-        """Ask every peer, in parallel, to push to its users of ``app_id`` except
-        ``sender``. Returns the peers that failed."""
+    def query_online(self, peer: str, app_id: int, user_id: str) -> bool:
+        """Is the user connected to ``peer``? Raises RelayError when it cannot be asked."""
 
     @abc.abstractmethod
-    def user_lists(self, peers: "list[str]", app_id: int) -> "tuple[list[str], list[str]]":
-        """Users of ``app_id`` on the peers, asked in parallel: (user IDs, failed peers)."""
+    def broadcast(self, peers: "list[str]", app_id: int, sender: str, seq: str, cmd: str,
+                  msg_type: str, msg: str) -> "list[RelayError]":
+        """Ask every peer, in parallel, to push to its users of ``app_id`` except
+        ``sender``. Returns the failures, one per failed peer."""
+
+    @abc.abstractmethod
+    def user_lists(self, peers: "list[str]", app_id: int) -> "tuple[list[str], list[RelayError]]":
+        """Users of ``app_id`` on the peers, asked in parallel: (user IDs, failures)."""
 
     def forget(self, peer: str) -> None:
         """Drop what is kept for an unreachable peer (its channel)."""

@@ -68,7 +68,8 @@ class GrpcRelay(Relay):
             code = exc.code() if hasattr(exc, "code") else None
             hint = (" (the peer refused this node's auth.rpcSecret: give every node the same one)"
                     if code == grpc.StatusCode.UNAUTHENTICATED else "")
-            raise RelayError(f"{peer} {method}: {code.name if code else exc}{hint}") from None
+            raise RelayError(peer, f"{peer} {method}: {code.name if code else exc}{hint}",
+                             unreachable=code == grpc.StatusCode.UNAVAILABLE) from None
 
     def query_online(self, peer, app_id, user_id) -> bool:
         rsp = self._call(peer, "QueryUsersOnline",
@@ -90,15 +91,17 @@ class GrpcRelay(Relay):
                 answers[peer] = job.value
             else:
                 job.kill(block=False)
-                failed.append(peer)
-                log.warning("%s", job.exception or f"{peer} {method}: no answer")
+                exc = job.exception
+                failed.append(exc if isinstance(exc, RelayError)
+                              else RelayError(peer, f"{peer} {method}: {exc or 'no answer'}"))
         return answers, failed
 
-    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg) -> "list[str]":
+    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg):
         request = pb.SendMsgAllReq(seq=seq, appID=app_id, userID=sender, cms=cmd,
                                    type=msg_type, msg=msg)
         answers, failed = self._fan_out(peers, "SendMsgAll", request)
-        return failed + [p for p, rsp in answers.items() if rsp.retCode != Code.OK]
+        return failed + [RelayError(p, f"{p} SendMsgAll: retCode {rsp.retCode} {rsp.errMsg}")
+                         for p, rsp in answers.items() if rsp.retCode != Code.OK]
 
     def user_lists(self, peers, app_id):
         answers, failed = self._fan_out(peers, "GetUserList", pb.GetUserListReq(appID=app_id))

@@ -3,7 +3,8 @@ import time
 from collections import OrderedDict
 from typing import Optional
 
-from .base import MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay
+from .base import (MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay,
+                   RelayError)
 
 MAX_MSG_IDS = 1_000_000  # bound on remembered msgIDs; the oldest are forgotten first
 
@@ -80,8 +81,11 @@ class NoPeersRelay(Relay):
     def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg, sender="") -> bool:
         return False
 
-    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg) -> "list[str]":
-        return list(peers)
+    def query_online(self, peer, app_id, user_id) -> bool:
+        return False
+
+    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg):
+        return [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
 
     def user_lists(self, peers, app_id):
-        return [], list(peers)
+        return [], [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
