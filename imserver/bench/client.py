@@ -70,7 +70,8 @@ class Worker:
     def __init__(self, wid: int):
         self.wid = wid
         self.conns = {}  # index -> live, logged-in connection
-        self.driver = None
+        self.driver = None  # the first driver (all share the close/heartbeat frames)
+        self.drivers = {}
         self.failures = Counter()  # connect/login failure reason -> n
         self.dropped = Counter()  # server-side end of a logged-in connection -> n
         self.attempted = 0
@@ -100,19 +101,31 @@ class Worker:
                 "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)}
 
     def _driver(self, driver, ws_url, app_id, timeout):
+        """The driver of one WebSocket URL (one per URL, kept for the process's life)."""
+        key = (driver, ws_url, app_id)
+        drv = self.drivers.get(key)
+        if drv is None:
+            drv = self.drivers[key] = make_driver(driver, ws_url, app_id=app_id,
+                                                  on_push=self.on_push, timeout=timeout)
         if self.driver is None:
-            self.driver = make_driver(driver, ws_url, app_id=app_id, on_push=self.on_push,
-                                      timeout=timeout)
-        return self.driver
+            self.driver = drv
+        return drv
+
+    def replies(self):
+        total = Counter()
+        for drv in self.drivers.values():
+            total.update(drv.replies)
+        return total
+
+    def heartbeats_sent(self):
+        return sum(drv.heartbeats_sent for drv in self.drivers.values())
 
     def cmd_connect(self, count, start, ws_urls, driver="acc", app_id=101, source_ips=(),
                     concurrency=100, timeout=10.0, deadline_s=300.0, prefix=None, **_):
         """Open ``count`` connections, indexes ``start``.., each logging in as
         ``b<wid>-<index>``; at most ``concurrency`` in progress at once. Answers when all
         attempts ended (or ``deadline_s`` passed: the rest are not attempted)."""
-        drivers = [self._driver(driver, url, app_id, timeout) if i == 0 else
-                   make_driver(driver, url, app_id=app_id, on_push=self.on_push, timeout=timeout)
-                   for i, url in enumerate(ws_urls)]
+        drivers = [self._driver(driver, url, app_id, timeout) for url in ws_urls]
         prefix = prefix or f"b{self.wid}-"
         sem = BoundedSemaphore(max(1, concurrency))
         done = Event()
@@ -172,7 +185,6 @@ class Worker:
         return self.cmd_stats()
 
     def cmd_stats(self, samples=False, **_):
-        d = self.driver
         extra = {"login_samples": sample_sorted(self.login_seconds, 200)} if samples else {}
         return {**extra, "wid": self.wid, "attempted": self.attempted, "logged_in": self.logged_in,
                 "live": len(self.conns), "connecting": self.connecting,
@@ -181,8 +193,7 @@ class Worker:
                 "login_s": percentiles(self.login_seconds),
                 "first_start": self.first_start, "last_login": self.last_login,
                 "push_cmds": dict(self.push_cmds),
-                "replies": dict(d.replies) if d else {},
-                "heartbeats_sent": d.heartbeats_sent if d else 0,
+                "replies": dict(self.replies()), "heartbeats_sent": self.heartbeats_sent(),
                 "churn": dict(self.churn), "rss_kb": rss_kb()}
 
     def cmd_heartbeats(self, interval=30.0, max_seconds=3600.0, **_):
@@ -262,29 +273,27 @@ class Worker:
             except Exception as exc:
                 counts[f"fail error {type(exc).__name__}"] += 1
                 return
-            finally:
-                pass
+            latencies.append(time.monotonic() - t0)
+            counts["logged_in"] += 1
             try:
-                latencies.append(time.monotonic() - t0)
-                counts["logged_in"] += 1
                 if hold > 0:
-                    gevent.sleep(hold)
+                    gevent.sleep(hold)  # pushes meanwhile wait in the socket buffer
                 drv.close(conn)
-                # Wait (bounded) for the server's close frame.
-                try:
-                    conn.sock.settimeout(min(timeout, 5.0))
-                    while True:
-                        conn.recv_message()
-                except WSError as exc:
-                    if exc.reason.startswith("closed 1000") or exc.reason == "closed 1005":
-                        counts["left"] += 1
-                    elif exc.reason == "timeout":
-                        counts["close timeout"] += 1
-                    else:
-                        counts["close " + exc.reason] += 1
-                conn.abort()
+                # Read (bounded) until the server's close frame answers ours.
+                conn.sock.settimeout(min(timeout, 5.0))
+                while True:
+                    conn.recv_message()
+            except WSError as exc:
+                if exc.reason in ("closed 1000", "closed 1005"):
+                    counts["left"] += 1
+                elif exc.reason == "timeout":
+                    counts["close timeout"] += 1
+                else:
+                    counts["close " + exc.reason] += 1
+            except Exception as exc:
+                counts[f"close error {type(exc).__name__}"] += 1
             finally:
-                pass
+                conn.abort()
 
         def run(index, drv, source_ip):
             try:

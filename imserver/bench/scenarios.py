@@ -147,7 +147,7 @@ class Bench:
                 break
             if time.time() - t0 > a.phase_timeout + a.connect_timeout + 5:
                 break
-            gevent.sleep(0.25)
+            gevent.sleep(0.1 if n <= 2000 else 0.25)
         bar.close()
         answers = [p.get() if p.ready() else {"ok": False} for p in pending]
         stats = self.workers.call_all("stats", samples=True, timeout=30)

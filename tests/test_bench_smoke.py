@@ -1,0 +1,143 @@
+"""The load tool (``python -m imserver.bench``) against a real node, small and short: every
+scenario runs, the numbers add up, and the result files are written."""
+import json
+import os
+import subprocess
+import sys
+
+from support import ROOT, wait_until
+
+N = 200
+BROADCASTS = 3
+UNICASTS = 100
+
+
+def bench(*args, timeout=60):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMSERVER_")}
+    return subprocess.run([sys.executable, "-m", "imserver.bench", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_suite_against_a_node(make_node, tmp_path):
+    node = make_node({"app": {"workerConnections": 2000, "logLevel": "info",
+                              "accessLog": False}})
+    out = tmp_path / "results"
+    proc = bench("suite", "--scenarios", "connect,idle,broadcast,unicast,churn",
+                 "--ws", node.ws_url, "--http", node.http_url, "-n", str(N),
+                 "--concurrency", "100", "--heartbeat-interval", "1", "--duration", "1.5",
+                 "--messages", str(BROADCASTS), "--interval", "0.2",
+                 "--unicast-messages", str(UNICASTS), "--rate", "200",
+                 "--churn-rate", "20", "--churn-duration", "1", "--settle", "0.2",
+                 "--wait", "10", "--max-seconds", "60", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| unicast | latency p50 / p99 / max (ms) |" in proc.stdout  # the summary table
+
+    results = json.loads((out / "results.json").read_text())
+    assert "aborted" not in results
+    meta = results["meta"]
+    # The server processes were found from the listening ports: the gunicorn master
+    # (the node's pid) and its worker.
+    assert node.pid in meta["server_pids"]
+    assert set(node.worker_pids()) <= set(meta["server_pids"])
+    sc = results["scenarios"]
+
+    connect = sc["connect"]
+    assert connect["connected"] == N and connect["failed"] == 0, connect
+    assert connect["rate_per_s"] > 0 and connect["seconds_to_all_logged_in"] > 0
+    assert connect["server_state_connections"] == N
+    assert len(connect["memory_curve"]) >= 2 and connect["memory_curve"][-1][0] == N
+
+    idle = sc["idle"]
+    assert idle["connections_at_end"] == N and idle["dropped"] == 0, idle
+    assert idle["kb_per_conn"] > 0, idle
+    assert idle["heartbeats_sent"] > 0
+    assert idle["heartbeat_replies_total"].get("heartbeat 200", 0) > 0, idle
+
+    broadcast = sc["broadcast"]
+    assert broadcast["receivers"] == N
+    assert broadcast["delivered"] == N * BROADCASTS == broadcast["expected_deliveries"], broadcast
+    assert broadcast["send_errors"] == 0
+    assert all(m["received"] == N and m["last_receive_ms"] > 0 for m in broadcast["per_message"])
+    assert broadcast["deliveries_per_s"] > 0
+    assert broadcast["cpu_us_per_delivery"] is not None and broadcast["cpu_us_per_delivery"] >= 0
+
+    unicast = sc["unicast"]
+    assert unicast["sent_ok"] == UNICASTS and unicast["received"] == UNICASTS, unicast
+    assert unicast["lost"] == 0
+    lat = unicast["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 10_000, lat
+
+    churn = sc["churn"]
+    assert churn["logged_in"] > 0 and churn["failed"] == 0, churn
+    assert churn["left"] == churn["logged_in"], churn
+    assert churn["server_rss_start_kb"] > 0 and churn["server_rss_end_kb"] > 0
+
+    assert results["close"]["closed"] == N
+    for name in ("results.md", "latency.png", "memory.png", "samples.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| broadcast | delivered / expected | 600 / 600 |" in (out / "results.md").read_text()
+    # Every bench connection went away with the close handshake.
+    wait_until(lambda: node.state()["connections"] == 0, timeout=5, what="no connection left")
+
+
+def test_refuses_a_remote_target_without_allow_remote(tmp_path):
+    proc = bench("connect", "--ws", "ws://192.0.2.1:8089/acc", "--http", "http://192.0.2.1:8080",
+                 "-n", "1", "--out", str(tmp_path / "r"), timeout=30)
+    assert proc.returncode == 2
+    assert "--allow-remote" in proc.stderr and "192.0.2.1" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_max_seconds_stops_the_run(make_node, tmp_path):
+    node = make_node({"app": {"logLevel": "info", "accessLog": False}})
+    out = tmp_path / "results"
+    proc = bench("idle", "--ws", node.ws_url, "--http", node.http_url, "-n", "20",
+                 "--duration", "120", "--max-seconds", "3", "--quiet", "--no-plots",
+                 "--out", str(out), timeout=40)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert "max-seconds" in results["aborted"]
+    assert results["scenarios"]["connect"]["connected"] == 20
+
+
+def test_client_codec_reads_split_fragmented_and_control_frames():
+    """The load client's WebSocket reader: frames cut anywhere, a fragmented message,
+    a ping answered with a masked pong, the server's close frame answered."""
+    import socket
+    import struct
+
+    from imserver.bench.wsclient import ClosedError, WSConnection, mask_frame
+    from imserver.protocol.frames import close_frame, encode_frame, unmask
+
+    a, b = socket.socketpair()
+    conn = WSConnection()
+    conn.sock = a
+    big = b"x" * 70000
+    stream = (encode_frame(0x1, b'{"a":1}') + bytes((0x01, 3)) + b"hel" + encode_frame(0x9, b"hi")
+              + bytes((0x80, 2)) + b"lo" + encode_frame(0x2, big) + close_frame(4001, "bye"))
+    got = []
+    closed = None
+    try:
+        for i in range(0, len(stream), 61):  # 61-byte pieces, read after each
+            conn._feed(stream[i:i + 61])
+            while True:
+                message = conn._next()
+                if message is None:
+                    break
+                got.append(message)
+    except ClosedError as exc:
+        closed = exc.code
+    assert closed == 4001 and conn.close_code == 4001
+    assert got == [(0x1, b'{"a":1}'), (0x1, b"hello"), (0x2, big)]
+    b.settimeout(1)
+    sent = b.recv(100)
+    # A masked pong with the ping's payload, then the masked close answer (same code).
+    assert sent[0] == 0x8A and sent[1] == 0x82 and unmask(sent[6:8], sent[2:6]) == b"hi"
+    rest = sent[8:]
+    assert rest[0] == 0x88 and rest[1] & 0x80
+    assert struct.unpack("!H", unmask(rest[6:8], rest[2:6]))[0] == 4001
+    frame = mask_frame(0x1, b"abc")
+    assert frame[1] == 0x83 and unmask(frame[6:], frame[2:6]) == b"abc"
+    a.close()
+    b.close()
