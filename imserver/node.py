@@ -135,13 +135,18 @@ class Node:
             self.update_gauges()
             gevent.sleep(interval)
 
-    def update_gauges(self) -> None:
-        conns = self.hub.connections
-        backlog = writers = 0
-        for conn in conns.values():
+    def _backlogs(self) -> "tuple[int, int]":
+        """Connections with a write backlog (each has a writer greenlet), and its bytes."""
+        writers = backlog = 0
+        for conn in self.hub.connections.values():
             if conn.has_writer:
                 writers += 1
                 backlog += conn.backlog_bytes
+        return writers, backlog
+
+    def update_gauges(self) -> None:
+        conns = self.hub.connections
+        writers, backlog = self._backlogs()
         metrics.CONNECTIONS.set(len(conns))
         metrics.USERS.set(self.hub.user_count)
         metrics.SEND_QUEUE_BYTES.set(backlog)
@@ -533,11 +538,7 @@ class Node:
 
     def state(self, debug: bool = False) -> dict:
         conns = self.hub.connections
-        writers = backlog = 0
-        for conn in conns.values():
-            if conn.has_writer:
-                writers += 1
-                backlog += conn.backlog_bytes
+        writers, backlog = self._backlogs()
         rooms = {str(app_id): len(users) for app_id, users in self.hub.rooms.items()}
         state = {
             "node": self.addr,

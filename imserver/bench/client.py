@@ -31,18 +31,8 @@ from gevent.fileobject import FileObjectPosix  # noqa: E402
 from gevent.lock import BoundedSemaphore, Semaphore  # noqa: E402
 
 from .drivers import make_driver  # noqa: E402
+from .procstat import rss_kb  # noqa: E402
 from .wsclient import WSError  # noqa: E402
-
-
-def rss_kb(pid="self") -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def percentiles(values, points=(50, 90, 99)) -> dict:
@@ -97,7 +87,7 @@ class Worker:
     # -- commands ---------------------------------------------------------------------------
 
     def cmd_hello(self, **_):
-        return {"pid": os.getpid(), "rss_kb": rss_kb(),
+        return {"pid": os.getpid(), "rss_kb": rss_kb(os.getpid()) or 0,
                 "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)}
 
     def _driver(self, driver, ws_url, app_id, timeout):
@@ -194,7 +184,7 @@ class Worker:
                 "first_start": self.first_start, "last_login": self.last_login,
                 "push_cmds": dict(self.push_cmds),
                 "replies": dict(self.replies()), "heartbeats_sent": self.heartbeats_sent(),
-                "churn": dict(self.churn), "rss_kb": rss_kb()}
+                "churn": dict(self.churn), "rss_kb": rss_kb(os.getpid()) or 0}
 
     def cmd_heartbeats(self, interval=30.0, max_seconds=3600.0, **_):
         """Send a heartbeat on every connection once per ``interval`` seconds, spread over
