@@ -25,7 +25,7 @@ def test_suite_against_a_node(make_node, tmp_path):
     proc = bench("suite", "--scenarios", "connect,idle,broadcast,unicast,churn",
                  "--ws", node.ws_url, "--http", node.http_url, "-n", str(N),
                  "--concurrency", "100", "--heartbeat-interval", "1", "--duration", "1.5",
-                 "--messages", str(BROADCASTS), "--interval", "0.2",
+                 "--messages", str(BROADCASTS), "--interval", "0.2", "--idle-probe", "0.5",
                  "--unicast-messages", str(UNICASTS), "--rate", "200",
                  "--churn-rate", "20", "--churn-duration", "1", "--settle", "0.2",
                  "--wait", "10", "--max-seconds", "60", "--out", str(out))
@@ -60,6 +60,8 @@ def test_suite_against_a_node(make_node, tmp_path):
     assert all(m["received"] == N and m["last_receive_ms"] > 0 for m in broadcast["per_message"])
     assert broadcast["deliveries_per_s"] > 0
     assert broadcast["cpu_us_per_delivery"] is not None and broadcast["cpu_us_per_delivery"] >= 0
+    assert broadcast["cpu_us_per_delivery_gross"] >= broadcast["cpu_us_per_delivery"]
+    assert broadcast["server_idle_cpu_per_s"] is not None
 
     unicast = sc["unicast"]
     assert unicast["sent_ok"] == UNICASTS and unicast["received"] == UNICASTS, unicast

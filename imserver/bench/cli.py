@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--messages", type=int, default=10, help="broadcast: messages to send. Default: %(default)s")
     s.add_argument("--interval", type=float, default=1.0,
                    help="broadcast: seconds between two sends. Default: %(default)s")
+    s.add_argument("--idle-probe", type=float, default=3.0,
+                   help="broadcast: seconds the server's idle CPU is measured first, to take "
+                        "it off the per-delivery figure (the gross one is reported too). "
+                        "Default: %(default)s")
     s.add_argument("--unicast-messages", type=int, default=1000,
                    help="unicast: messages to send. Default: %(default)s")
     s.add_argument("--rate", type=float, default=200.0,

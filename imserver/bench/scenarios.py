@@ -280,7 +280,13 @@ class Bench:
         expected = receivers * m
         self.log(f"bench: broadcasting {m} messages to {receivers} receivers, "
                  f"every {a.interval}s")
-        cpu0 = self.server_snapshot()
+        # The server's CPU while idle (heartbeats, sweeps), measured first and taken off the
+        # broadcast window, so that the per-delivery figure is the fan-out's own cost.
+        idle0, idle_t0 = self.server_snapshot(), time.time()
+        gevent.sleep(a.idle_probe)
+        cpu0, cpu_t0 = self.server_snapshot(), time.time()
+        idle_rate = (procstat.delta(idle0, cpu0, "cpu_s") / max(1e-6, cpu_t0 - idle_t0)
+                     if idle0 else None)
         sends = []
         t_first = time.time()
         for k in range(m):
@@ -301,7 +307,7 @@ class Bench:
             sends.append({"msg_id": msg_id, "t0": t0, "http_ms": round((t1 - t0) * 1000, 2),
                           "error": err})
         got = self._wait_count(prefix, expected, a.wait, "broadcast")
-        cpu1 = self.server_snapshot()
+        cpu1, cpu_t1 = self.server_snapshot(), time.time()
         collected = self.workers.call_all("collect", prefix=prefix, samples=200, timeout=60)
         per_msg = []
         lasts = []
@@ -336,7 +342,9 @@ class Bench:
         delivered = sum(r["received"] for r in per_msg)
         t_last = max((s["t0"] + r.get("last_receive_ms", 0) / 1000 for s, r in zip(sends, per_msg)),
                      default=t_first)
-        cpu_s = procstat.delta(cpu0, cpu1, "cpu_s") if cpu0 else None
+        gross_s = procstat.delta(cpu0, cpu1, "cpu_s") if cpu0 else None
+        cpu_s = (max(0.0, gross_s - idle_rate * (cpu_t1 - cpu_t0))
+                 if gross_s is not None and idle_rate is not None else gross_s)
         overall = merge_quantiles(all_parts, (50, 90, 99))
         result = {
             "receivers": receivers, "messages": m, "interval_s": a.interval,
@@ -349,8 +357,11 @@ class Bench:
             "receive_latency_ms": {k: round(v, 2) for k, v in overall.items()},
             "http_ms": summary([s["http_ms"] for s in sends], digits=2),
             "server_cpu_s": round(cpu_s, 3) if cpu_s is not None else None,
+            "server_idle_cpu_per_s": round(idle_rate, 4) if idle_rate is not None else None,
             "cpu_us_per_delivery": round(cpu_s * 1e6 / delivered, 3)
             if cpu_s is not None and delivered else None,
+            "cpu_us_per_delivery_gross": round(gross_s * 1e6 / delivered, 3)
+            if gross_s is not None and delivered else None,
             "per_message": per_msg,
         }
         self.results["scenarios"]["broadcast"] = result
