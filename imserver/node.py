@@ -11,12 +11,12 @@ from typing import Optional
 import gevent
 import gevent.pool
 
+from . import __version__, metrics
 from .cluster import PresenceStore, Relay, RelayError, StoreError, record_is_online, user_record
-from .config import is_cluster
 from .commands import CommandRegistry, commands as default_commands
+from .config import is_cluster
 from .connection import (CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, CLOSE_TIMEOUT, Connection,
                          send_to_all)
-from . import __version__, metrics
 from .hub import Hub
 from .protocol import Code, ProtocolError, encode_push, encode_reply, parse_request
 from .protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE, is_encodable
@@ -174,10 +174,9 @@ class Node:
                 log.warning("node %s registered again, %d user records rewritten",
                             self.addr, len(records))
             if self._pending_logouts:
-                pending = self._pending_logouts
-                self._pending_logouts = {}
-                self.store.set_users([r for key, r in pending.items()
+                self.store.set_users([r for r in self._pending_logouts.values()
                                       if self.hub.user(r["appID"], r["userID"]) is None])
+                self._pending_logouts = {}
             sizes = {a: len(r) for a, r in self.hub.rooms.items()}
             self.store.report_room_sizes(self.addr, sizes, self.app_ids)
             live = set(self.store.live_nodes())
