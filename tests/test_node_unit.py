@@ -687,3 +687,47 @@ def test_rate_limit_is_a_token_bucket(node):
     # Refilled at app.rateLimit tokens a second.
     assert node.allow_message(conn, now + 1.0 / node.rate_limit + 1e-6) is True
     assert conn.strikes == 0
+
+
+class FlakyStore(MemoryPresenceStore):
+    """A memory store that fails every call while ``down`` (fault injection)."""
+
+    down = False
+
+    def __getattribute__(self, name):
+        attr = super().__getattribute__(name)
+        if (name in ("set_user", "set_users", "report_node", "get_user", "live_nodes")
+                and super().__getattribute__("down")):
+            def fail(*args, **kwargs):
+                raise StoreError("store down")
+            return fail
+        return attr
+
+
+def test_logouts_missed_in_an_outage_are_written_when_the_store_is_back(cfg):
+    store = FlakyStore()
+    node = make_node(cfg, store=store)
+    alice, bob = connect(node), connect(node)
+    assert login(node, alice, "alice")["response"]["code"] == 200
+    assert login(node, bob, "bob", seq="2")["response"]["code"] == 200
+    store.down = True
+    node._disconnected(alice)  # logout not stored: the record still says online
+    store.down = False
+    assert store.get_user(101, "alice")["isLogoff"] is False
+    assert node.report() is True
+    assert store.get_user(101, "alice") is None  # the memory store drops logged-off users
+    assert store.get_user(101, "bob")["isLogoff"] is False  # still here: untouched
+
+
+def test_a_user_back_before_the_store_is_not_logged_out(cfg):
+    store = FlakyStore()
+    node = make_node(cfg, store=store)
+    first = connect(node)
+    assert login(node, first, "carol")["response"]["code"] == 200
+    store.down = True
+    node._disconnected(first)
+    store.down = False
+    again = connect(node)
+    assert login(node, again, "carol", seq="2")["response"]["code"] == 200
+    node.report()
+    assert store.get_user(101, "carol")["isLogoff"] is False
