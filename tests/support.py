@@ -77,7 +77,8 @@ class NodeProcess:
         self.http_port = free_port()
         self.ws_port = free_port()
         self.rpc_port = free_port()
-        self.config = {"app": {"host": "127.0.0.1", "httpPort": self.http_port,
+        self.config = {"app": {"host": "127.0.0.1", "rpcHost": "127.0.0.1",
+                               "httpPort": self.http_port,
                                "webSocketPort": self.ws_port, "rpcPort": self.rpc_port,
                                "logFile": os.path.join(self.workdir, f"{name}.log"),
                                "logLevel": "debug",
