@@ -82,18 +82,27 @@ class GrpcRelay(Relay):
             sender=sender))
         return rsp.retCode == Code.OK
 
+    def _call_or_error(self, peer: str, method: str, request):
+        # A greenlet that dies of an exception gets its traceback printed by gevent; a
+        # failed call is an answer here, not a crash.
+        try:
+            return self._call(peer, method, request)
+        except RelayError as exc:
+            return exc
+
     def _fan_out(self, peers, method, request):
-        jobs = {peer: gevent.spawn(self._call, peer, method, request) for peer in peers}
+        jobs = {peer: gevent.spawn(self._call_or_error, peer, method, request)
+                for peer in peers}
         gevent.joinall(list(jobs.values()), timeout=self.timeout + 1)
         answers, failed = {}, []
         for peer, job in jobs.items():
-            if job.successful():
-                answers[peer] = job.value
-            else:
+            value = job.value if job.successful() else None
+            if value is None or isinstance(value, RelayError):
                 job.kill(block=False)
-                exc = job.exception
-                failed.append(exc if isinstance(exc, RelayError)
-                              else RelayError(peer, f"{peer} {method}: {exc or 'no answer'}"))
+                failed.append(value or RelayError(peer, f"{peer} {method}: "
+                                                        f"{job.exception or 'no answer'}"))
+            else:
+                answers[peer] = value
         return answers, failed
 
     def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg):
