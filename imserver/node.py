@@ -25,6 +25,8 @@ from .protocol.frames import OP_TEXT, FrameError, text_frame
 log = logging.getLogger("imserver.node")
 
 PEERS_TTL = 1.0  # seconds a node trusts its list of live peers
+RECORD_FLUSH_INTERVAL = 0.1  # seconds between batched writes of heartbeat/logout records
+ROOM_SIZE_INTERVAL = 1.0  # seconds between exchanges of room sizes with the peers
 RELAY_CONCURRENCY = 64  # background relays (presence events) under way at once
 
 
@@ -69,7 +71,9 @@ class Node:
         self._closers = []  # called at stop, last added first
         self._store_healthy = True
         self._peer_room_sizes: "dict[int, int]" = {}
-        self._pending_logouts: "dict[str, dict]" = {}  # logouts the store missed
+        # user key -> the newest heartbeat or logout record not yet in the store; written
+        # in one batch every RECORD_FLUSH_INTERVAL, and kept through a store outage.
+        self._unwritten: "dict[str, dict]" = {}
         self._peers: "list[str]" = []
         self._peers_at = float("-inf")
         self._relay_pool = gevent.pool.Pool(RELAY_CONCURRENCY)
@@ -84,6 +88,9 @@ class Node:
     def start(self) -> None:
         self._background.append(gevent.spawn(self._sweep_forever))
         self._background.append(gevent.spawn(self._gauges_forever))
+        self._background.append(gevent.spawn(self._flush_forever))
+        if is_cluster(self.cfg):
+            self._background.append(gevent.spawn(self._room_sizes_forever))
         self.report()
         self._background.append(gevent.spawn(self._report_forever))
 
@@ -116,6 +123,7 @@ class Node:
         with gevent.Timeout(CLOSE_TIMEOUT + 1, False):
             while self.hub.connections:
                 gevent.sleep(0.05)
+        self.flush_records()  # the clients' logouts
         for fn in reversed(self._closers):
             try:
                 fn()
@@ -173,18 +181,7 @@ class Node:
                 self.store.set_users(records)
                 log.warning("node %s registered again, %d user records rewritten",
                             self.addr, len(records))
-            if self._pending_logouts:
-                self.store.set_users([r for r in self._pending_logouts.values()
-                                      if self.hub.user(r["appID"], r["userID"]) is None])
-                self._pending_logouts = {}
-            sizes = {a: len(r) for a, r in self.hub.rooms.items()}
-            self.store.report_room_sizes(self.addr, sizes, self.app_ids)
-            live = set(self.store.live_nodes())
-            peer_sizes = {}
-            for app_id in self.app_ids:
-                peer_sizes[app_id] = sum(n for a, n in self.store.room_sizes(app_id).items()
-                                         if a != self.addr and a in live)
-            self._peer_room_sizes = peer_sizes
+            self.exchange_room_sizes()
         except StoreError as exc:
             if self._store_healthy:
                 log.warning("cluster store unavailable, node %s keeps serving its own "
@@ -193,6 +190,30 @@ class Node:
             return False
         self._store_healthy = True
         return True
+
+    def exchange_room_sizes(self) -> None:
+        """Publish this node's room sizes and read the live peers' ones: the presence bound
+        counts the whole room. Raises StoreError."""
+        sizes = {a: len(r) for a, r in self.hub.rooms.items()}
+        self.store.report_room_sizes(self.addr, sizes, self.app_ids)
+        live = set(self.store.live_nodes())
+        self._peer_room_sizes = {
+            app_id: sum(n for a, n in self.store.room_sizes(app_id).items()
+                        if a != self.addr and a in live)
+            for app_id in self.app_ids}
+
+    def _room_sizes_forever(self):
+        # Between reports too: in a login burst a stale count would let presence events
+        # run far past app.presenceMaxRoom.
+        while True:
+            gevent.sleep(ROOM_SIZE_INTERVAL)
+            if self._store_healthy:
+                try:
+                    self.exchange_room_sizes()
+                except StoreError:
+                    pass  # the next report notices and logs the outage
+                except Exception:
+                    log.exception("room size exchange failed")
 
     def _sweep_forever(self):
         interval = self.cfg["app.sweepInterval"]
@@ -342,11 +363,13 @@ class Node:
                            logout_time=now if logoff else 0, is_logoff=logoff)
 
     def login(self, conn: Connection, app_id: int, user_id: str) -> None:
-        """Bind the connection to the user; may raise StoreError (then nothing changed)."""
+        """Bind the connection to the user; may raise StoreError (then nothing changed).
+        The login record is written at once: a login the store did not take is refused."""
         now = time.time()
         record = user_record(self.ip, self.rpc_port, app_id, user_id, conn.addr, conn.port,
                              now, now)
         self.store.set_user(record)
+        self._unwritten.pop(f"{app_id}_{user_id}", None)  # an older logout must not follow
         old = self.hub.login(conn, app_id, user_id)
         conn.login_time = conn.heartbeat_time = now
         if old is not None:
@@ -358,23 +381,43 @@ class Node:
 
     def heartbeat(self, conn: Connection, now: float) -> None:
         conn.heartbeat_time = now
-        try:
-            self.store.set_user(self._record(conn, now))
-        except StoreError as exc:
-            # The connection stays healthy; the record is written again at the next beat.
-            log.warning("%r: heartbeat not stored: %s", conn, exc)
+        self._unwritten[conn.user_key] = self._record(conn, now)
 
     def _disconnected(self, conn: Connection) -> None:
         if not self.hub.remove(conn):
             return
-        record = self._record(conn, time.time(), logoff=True)
-        try:
-            self.store.set_user(record)
-        except StoreError as exc:
-            # Written when the store is back, unless the user has logged in again by then.
-            self._pending_logouts[conn.user_key] = record
-            log.warning("%r: logout not stored yet: %s", conn, exc)
+        self._unwritten[conn.user_key] = self._record(conn, time.time(), logoff=True)
         self.announce(conn.app_id, conn.user_id, "exit", EXIT_MESSAGE)
+
+    def _flush_forever(self):
+        while True:
+            gevent.sleep(RECORD_FLUSH_INTERVAL if self._store_healthy else 1.0)
+            try:
+                self.flush_records()
+            except Exception:
+                log.exception("writing user records failed")
+
+    def flush_records(self) -> bool:
+        """Write the queued heartbeat and logout records in one batch (a pipeline on Redis:
+        a round trip and a pool connection per batch, not per record). A logout whose user
+        has logged in again meanwhile is dropped. On a store error the records are kept,
+        newer ones winning, and written when the store is back."""
+        if not self._unwritten:
+            return True
+        batch, self._unwritten = self._unwritten, {}
+        records = [r for r in batch.values()
+                   if not (r["isLogoff"] and self.hub.user(r["appID"], r["userID"]))]
+        try:
+            self.store.set_users(records)
+        except StoreError as exc:
+            batch.update(self._unwritten)
+            self._unwritten = batch
+            if self._store_healthy:
+                log.warning("cluster store unavailable, %d user records wait to be written: %s",
+                            len(batch), exc)
+                self._store_healthy = False
+            return False
+        return True
 
     # -- delivery ------------------------------------------------------------------------
 

@@ -710,13 +710,32 @@ def test_logouts_missed_in_an_outage_are_written_when_the_store_is_back(cfg):
     alice, bob = connect(node), connect(node)
     assert login(node, alice, "alice")["response"]["code"] == 200
     assert login(node, bob, "bob", seq="2")["response"]["code"] == 200
+    node._disconnected(alice)
     store.down = True
-    node._disconnected(alice)  # logout not stored: the record still says online
+    assert node.flush_records() is False  # kept, not lost
     store.down = False
     assert store.get_user(101, "alice")["isLogoff"] is False
-    assert node.report() is True
+    assert node.flush_records() is True
     assert store.get_user(101, "alice") is None  # the memory store drops logged-off users
     assert store.get_user(101, "bob")["isLogoff"] is False  # still here: untouched
+
+
+def test_heartbeats_and_logouts_are_written_in_batches(cfg):
+    store = FlakyStore()
+    node = make_node(cfg, store=store)
+    conns = [connect(node) for _ in range(3)]
+    for i, conn in enumerate(conns):
+        assert login(node, conn, f"u{i}", seq=str(i))["response"]["code"] == 200
+    written = []
+    store.set_users = lambda records: written.append(list(records))
+    later = time.time() + 5
+    for conn in conns:
+        node.heartbeat(conn, later)
+    node.heartbeat(conns[0], later + 1)  # the newest record of a user wins
+    assert node.flush_records() is True
+    assert len(written) == 1 and len(written[0]) == 3
+    assert {r["userID"]: r["heartbeatTime"] for r in written[0]} == {
+        "u0": int(later + 1), "u1": int(later), "u2": int(later)}
 
 
 def test_a_user_back_before_the_store_is_not_logged_out(cfg):
@@ -724,10 +743,11 @@ def test_a_user_back_before_the_store_is_not_logged_out(cfg):
     node = make_node(cfg, store=store)
     first = connect(node)
     assert login(node, first, "carol")["response"]["code"] == 200
-    store.down = True
     node._disconnected(first)
+    store.down = True
+    node.flush_records()
     store.down = False
     again = connect(node)
     assert login(node, again, "carol", seq="2")["response"]["code"] == 200
-    node.report()
+    node.flush_records()
     assert store.get_user(101, "carol")["isLogoff"] is False
