@@ -29,6 +29,8 @@ MESSAGES_OUT = Counter("imserver_messages_out",
 DELIVERIES = Counter("imserver_deliveries", "Frames written to client sockets by pushes")
 DROPS = Counter("imserver_drops", "Connections dropped or closed by the node, by reason",
                 ["reason"])
+RELAYS_SKIPPED = Counter("imserver_presence_relays_skipped",
+                         "Presence events not relayed to peers because they were behind")
 GRPC_CALLS = Counter("imserver_grpc_calls", "Calls to other nodes", ["peer", "method"])
 GRPC_ERRORS = Counter("imserver_grpc_errors", "Failed calls to other nodes", ["peer", "method"])
 REDIS_ERRORS = Counter("imserver_redis_errors", "Failed cluster-store commands")

@@ -499,6 +499,10 @@ class Node:
             args = (peers, app_id, sender, seq, cmd, msg_type, message)
             if wait:
                 self._relay_broadcast(*args)
+            elif self._relay_pool.full():
+                # Peers are behind (a login burst on a saturated machine): presence events
+                # are best effort; holding up logins or piling more on the peers is worse.
+                metrics.RELAYS_SKIPPED.inc()
             else:
                 self._relay_pool.spawn(self._relay_broadcast, *args)
         return delivered

@@ -119,9 +119,10 @@ class Relay(abc.ABC):
 
     @abc.abstractmethod
     def broadcast(self, peers: "list[str]", app_id: int, sender: str, seq: str, cmd: str,
-                  msg_type: str, msg: str) -> "list[RelayError]":
+                  msg_type: str, msg: str, timeout: "float | None" = None) -> "list[RelayError]":
         """Ask every peer, in parallel, to push to its users of ``app_id`` except
-        ``sender``. Returns the failures, one per failed peer."""
+        ``sender``, within ``timeout`` seconds (default: the relay's own). Returns the
+        failures, one per failed peer."""
 
     @abc.abstractmethod
     def user_lists(self, peers: "list[str]", app_id: int) -> "tuple[list[str], list[RelayError]]":

@@ -58,10 +58,10 @@ class GrpcRelay(Relay):
             stub.channel = channel
         return stub
 
-    def _call(self, peer: str, method: str, request):
+    def _call(self, peer: str, method: str, request, timeout=None):
         GRPC_CALLS.labels(peer, method).inc()
         try:
-            return getattr(self._stub(peer), method)(request, timeout=self.timeout,
+            return getattr(self._stub(peer), method)(request, timeout=timeout or self.timeout,
                                                      metadata=self._metadata)
         except grpc.RpcError as exc:
             GRPC_ERRORS.labels(peer, method).inc()
@@ -82,18 +82,19 @@ class GrpcRelay(Relay):
             sender=sender))
         return rsp.retCode == Code.OK
 
-    def _call_or_error(self, peer: str, method: str, request):
+    def _call_or_error(self, peer: str, method: str, request, timeout=None):
         # A greenlet that dies of an exception gets its traceback printed by gevent; a
         # failed call is an answer here, not a crash.
         try:
-            return self._call(peer, method, request)
+            return self._call(peer, method, request, timeout)
         except RelayError as exc:
             return exc
 
-    def _fan_out(self, peers, method, request):
-        jobs = {peer: gevent.spawn(self._call_or_error, peer, method, request)
+    def _fan_out(self, peers, method, request, timeout=None):
+        timeout = timeout or self.timeout
+        jobs = {peer: gevent.spawn(self._call_or_error, peer, method, request, timeout)
                 for peer in peers}
-        gevent.joinall(list(jobs.values()), timeout=self.timeout + 1)
+        gevent.joinall(list(jobs.values()), timeout=timeout + 1)
         answers, failed = {}, []
         for peer, job in jobs.items():
             value = job.value if job.successful() else None
@@ -105,10 +106,10 @@ class GrpcRelay(Relay):
                 answers[peer] = value
         return answers, failed
 
-    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg):
+    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg, timeout=None):
         request = pb.SendMsgAllReq(seq=seq, appID=app_id, userID=sender, cms=cmd,
                                    type=msg_type, msg=msg)
-        answers, failed = self._fan_out(peers, "SendMsgAll", request)
+        answers, failed = self._fan_out(peers, "SendMsgAll", request, timeout)
         return failed + [RelayError(p, f"{p} SendMsgAll: retCode {rsp.retCode} {rsp.errMsg}")
                          for p, rsp in answers.items() if rsp.retCode != Code.OK]
 

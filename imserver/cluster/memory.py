@@ -84,7 +84,7 @@ class NoPeersRelay(Relay):
     def query_online(self, peer, app_id, user_id) -> bool:
         return False
 
-    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg):
+    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg, timeout=None):
         return [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
 
     def user_lists(self, peers, app_id):
