@@ -1,6 +1,6 @@
 """The hub: this node's connections and logged-in users. Local only; what spans the
 cluster lives in ``imserver.cluster``."""
-from typing import Dict, Iterable, Optional
+from typing import Dict, Optional
 
 from .connection import Connection
 
@@ -45,10 +45,6 @@ class Hub:
     def user(self, app_id: int, user_id: str) -> Optional[Connection]:
         room = self.rooms.get(app_id)
         return room.get(user_id) if room else None
-
-    def members(self, app_id: int) -> "Iterable[Connection]":
-        room = self.rooms.get(app_id)
-        return list(room.values()) if room else ()
 
     def user_ids(self, app_id: int) -> "list[str]":
         room = self.rooms.get(app_id)

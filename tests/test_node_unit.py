@@ -152,7 +152,7 @@ class TestHub:
         assert (hub.connections, hub.rooms, hub.user_count) == ({}, {}, 0)
         assert hub.room_size(101) == 0
         assert hub.user_ids(101) == []
-        assert list(hub.members(101)) == []
+        assert hub.rooms.get(101) is None
         assert hub.user(101, "alice") is None
 
     def test_add_registers_the_connection(self):
@@ -169,7 +169,7 @@ class TestHub:
         assert hub.user(101, "alice") is conn
         assert hub.room_size(101) == 1
         assert hub.user_ids(101) == ["alice"]
-        assert list(hub.members(101)) == [conn]
+        assert hub.rooms[101] == {"alice": conn}
         assert hub.user_count == 1
 
     def test_same_user_in_other_app_is_independent(self):
