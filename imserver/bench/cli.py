@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import gevent
 
 from . import procstat, report
+from . import soak  # the soak scenario (imserver/bench/soak.py) runs its own processes
 from .drivers import SOCKETIO_PATH
 from .scenarios import ORDER, Bench
 
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--scenarios", default=",".join(ORDER),
                            help="comma-separated list from: " + ", ".join(ORDER) +
                                 ". Default: %(default)s")
+    # -- soak: self-contained (starts Redis and two nodes itself); options of its own --------
+    soak.add_parser(sub)
     return parser
 
 
@@ -194,6 +197,9 @@ def main(argv=None) -> int:
             argv.insert(0, name)
     parser = build_parser()
     args = parser.parse_args(argv)
+    # -- soak: it targets no given address, see imserver/bench/soak.py --------------------
+    if args.scenario == soak.NAME:
+        return soak.main(args, argv)
 
     if args.ws:
         ws_urls = _csv(args.ws)
