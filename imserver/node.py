@@ -163,7 +163,9 @@ class Node:
     def _report_forever(self):
         interval = self.cfg["app.reportInterval"]
         while True:
-            gevent.sleep(interval)
+            # Every second while the store is out: once it is back (perhaps empty), the
+            # nodes must find each other again at once, not a report interval later.
+            gevent.sleep(interval if self._store_healthy else min(interval, 1.0))
             try:
                 self.report()
             except Exception:
@@ -432,7 +434,11 @@ class Node:
         """A presence event, while the room is small enough for N-squared deliveries."""
         limit = self.presence_max_room
         if limit and self.room_size(app_id) <= limit:
-            self.push_to_room(app_id, user_id, self.next_seq(), cmd, "text", message, wait=False)
+            try:
+                self.push_to_room(app_id, user_id, self.next_seq(), cmd, "text", message,
+                                  wait=False)
+            except StoreError as exc:
+                log.debug("%s of %s_%s not relayed, peers unknown: %s", cmd, app_id, user_id, exc)
 
     def deliver_local(self, app_id: int, sender: str, frame: bytes) -> int:
         """Write one encoded frame to every local member of the room but ``sender``."""
@@ -484,33 +490,32 @@ class Node:
                 pass
 
     def push_to_room(self, app_id: int, sender: str, seq: str, cmd: str, msg_type: str,
-                     message: str, wait: bool = True) -> int:
+                     message: str, wait: bool = True) -> "list[str]":
         """Deliver to the room here, then on every peer (in the background when not
-        ``wait``: presence events must not hold up the login that caused them)."""
+        ``wait``: presence events must not hold up the login that caused them). Returns
+        the peers the message did not reach (when waiting). Raises StoreError, after the
+        local delivery, when the peers cannot be known."""
         frame = text_frame(encode_push(seq, cmd, message, sender, msg_type))
         metrics.MESSAGES_OUT.labels(cmd).inc()
-        delivered = self.deliver_local(app_id, sender, frame)
-        try:
-            peers = self.peers()
-        except StoreError as exc:
-            log.warning("room %d: peers unknown, delivered on this node only: %s", app_id, exc)
-            return delivered
+        self.deliver_local(app_id, sender, frame)
+        peers = self.peers()
         if peers:
             args = (peers, app_id, sender, seq, cmd, msg_type, message)
             if wait:
-                self._relay_broadcast(*args)
+                return self._relay_broadcast(*args)
             elif self._relay_pool.full():
                 # Peers are behind (a login burst on a saturated machine): presence events
                 # are best effort; holding up logins or piling more on the peers is worse.
                 metrics.RELAYS_SKIPPED.inc()
             else:
                 self._relay_pool.spawn(self._relay_broadcast, *args)
-        return delivered
+        return []
 
-    def _relay_broadcast(self, peers, *args) -> None:
+    def _relay_broadcast(self, peers, *args) -> "list[str]":
         failures = self.relay.broadcast(peers, *args)
         if failures:
             self.relay_failed(failures)
+        return [exc.peer for exc in failures]
 
     def push_to_user(self, app_id: int, user_id: str, seq: str, cmd: str, msg_type: str,
                      message: str, sender: str) -> "tuple[bool, str]":

@@ -397,3 +397,21 @@ def test_redis_keys_carry_the_protocol_ttls(contract_redis):
         assert client.get("acc:submit:again:seq:m-ttl") == "1"
     finally:
         store.close()
+
+
+class TestLogoffOfAnotherLogin:
+    """A logout must not take offline a user who has logged in again on another node."""
+
+    def test_logoff_of_an_older_login_leaves_the_newer_one(self, store):
+        older = record(at=T0, node_ip="10.0.0.1")
+        newer = record(at=T0 + 5, node_ip="10.0.0.2")
+        store.set_user(older)
+        store.set_user(newer)
+        store.set_users([dict(older, isLogoff=True, logOutTime=int(T0 + 6))])
+        assert store.get_user(101, "alice") == newer
+
+    def test_logoff_of_the_same_login_takes_effect(self, store):
+        rec = record(at=T0, node_ip="10.0.0.1")
+        store.set_user(rec)
+        store.set_users([dict(rec, isLogoff=True, logOutTime=int(T0 + 6))])
+        assert not record_is_online(store.get_user(101, "alice"), T0 + 7)

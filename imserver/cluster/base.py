@@ -42,6 +42,13 @@ def user_record(node_ip: str, rpc_port: int, app_id: int, user_id: str, client_i
             "logOutTime": int(logout_time), "qua": "", "deviceInfo": "", "isLogoff": is_logoff}
 
 
+def same_login(stored: dict, record: dict) -> bool:
+    """Do two records describe the same login (node and login time)?"""
+    return (str(stored.get("accIp")) == str(record["accIp"])
+            and str(stored.get("accPort")) == str(record["accPort"])
+            and int(stored.get("loginTime") or 0) == int(record["loginTime"]))
+
+
 def record_is_online(record: Optional[dict], now: Optional[float] = None) -> bool:
     if not record or record.get("isLogoff"):
         return False
@@ -56,7 +63,9 @@ class PresenceStore(abc.ABC):
     @abc.abstractmethod
     def set_user(self, record: dict) -> None:
         """Write a user's record (at login, heartbeat and logout); it expires after
-        USER_RECORD_TTL."""
+        USER_RECORD_TTL. A logoff record (``isLogoff``) replaces only the record of the
+        same login (same accIp, accPort and loginTime): a user who has logged in on
+        another node meanwhile stays online."""
 
     @abc.abstractmethod
     def get_user(self, app_id: int, user_id: str) -> Optional[dict]:

@@ -11,6 +11,7 @@ import logging
 from concurrent import futures
 
 import gevent
+import gevent.lock
 import grpc
 
 from ..auth import RPC_SECRET_HEADER, rpc_secret_ok
@@ -35,12 +36,20 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# grpcio's gevent mode runs its blocking waits in gevent's thread pool, whose default of
+# 10 threads stalls a node's gRPC (both ways) once about 9 calls are in flight. The pool
+# gets room for every call a node may have open: outgoing ones are capped below it.
+THREADPOOL_SIZE = 256
+MAX_CALLS_IN_FLIGHT = 128
+
+
 def enable_gevent() -> None:
     """Make grpcio cooperate with gevent; idempotent, and must precede any gRPC object."""
     global _gevent_ready
     if not _gevent_ready:
         from grpc.experimental import gevent as grpc_gevent
         grpc_gevent.init_gevent()
+        gevent.get_hub().threadpool.maxsize = THREADPOOL_SIZE
         _gevent_ready = True
 
 
@@ -48,6 +57,7 @@ class GrpcRelay(Relay):
     def __init__(self, timeout: float, metadata=()):
         self.timeout = timeout
         self._metadata = tuple(metadata)
+        self._in_flight = gevent.lock.BoundedSemaphore(MAX_CALLS_IN_FLIGHT)
         self._stubs = {}
 
     def _stub(self, peer: str) -> pb_grpc.AccServerStub:
@@ -60,9 +70,17 @@ class GrpcRelay(Relay):
 
     def _call(self, peer: str, method: str, request, timeout=None):
         GRPC_CALLS.labels(peer, method).inc()
+        timeout = timeout or self.timeout
         try:
-            return getattr(self._stub(peer), method)(request, timeout=timeout or self.timeout,
-                                                     metadata=self._metadata)
+            # Waiting for a free slot counts against the call's deadline.
+            if not self._in_flight.acquire(timeout=timeout):
+                raise RelayError(peer, f"{peer} {method}: {MAX_CALLS_IN_FLIGHT} calls already "
+                                       "in flight")
+            try:
+                return getattr(self._stub(peer), method)(request, timeout=timeout,
+                                                         metadata=self._metadata)
+            finally:
+                self._in_flight.release()
         except grpc.RpcError as exc:
             GRPC_ERRORS.labels(peer, method).inc()
             code = exc.code() if hasattr(exc, "code") else None

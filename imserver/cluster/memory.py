@@ -3,7 +3,7 @@ import time
 from collections import OrderedDict
 from typing import Optional
 
-from .base import (MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay,
+from .base import (MSG_ID_TTL, same_login, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay,
                    RelayError)
 
 MAX_MSG_IDS = 1_000_000  # bound on remembered msgIDs; the oldest are forgotten first
@@ -20,6 +20,9 @@ class MemoryPresenceStore(PresenceStore):
     def set_user(self, record: dict) -> None:
         key = f"{record['appID']}_{record['userID']}"
         if record.get("isLogoff"):
+            current = self._users.get(key)
+            if current is not None and not same_login(current[1], record):
+                return  # the user has logged in again elsewhere
             # Offline and absent mean the same; dropping it keeps memory bounded.
             self._users.pop(key, None)
         else:

@@ -22,6 +22,25 @@ USER_KEY_PREFIX = "acc:user:online:"
 MSG_ID_KEY_PREFIX = "acc:submit:again:seq:"
 ROOM_SIZE_KEY_PREFIX = "acc:hash:room:size:"  # this project's addition: node -> local room size
 
+# A logout replaces the user's record only if the record is still that login's (same node
+# and login time); field names are matched as the original's JSON decoding would.
+LOGOFF_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, d = pcall(cjson.decode, cur)
+  if ok and type(d) == 'table' then
+    local f = {}
+    for k, v in pairs(d) do f[string.lower(k)] = v end
+    if tostring(f['accip']) ~= ARGV[2] or tostring(f['accport']) ~= ARGV[3]
+        or tonumber(f['logintime']) ~= tonumber(ARGV[4]) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[5])
+return 1
+"""
+
 # Records written by other implementations may spell keys differently (appId, userId).
 _CANONICAL = {k.lower(): k for k in (
     "accIp", "accPort", "appID", "userID", "clientIp", "clientPort", "loginTime",
@@ -46,6 +65,7 @@ class RedisPresenceStore(PresenceStore):
     def __init__(self, pool: redis.BlockingConnectionPool, clock=time.time):
         self._redis = redis.Redis(connection_pool=pool)
         self._clock = clock
+        self._logoff = self._redis.register_script(LOGOFF_SCRIPT)
 
     def _call(self, fn, *args, **kwargs):
         try:
@@ -73,17 +93,21 @@ class RedisPresenceStore(PresenceStore):
                 pool.release(conn)
 
     def set_user(self, record: dict) -> None:
-        key = f"{USER_KEY_PREFIX}{record['appID']}_{record['userID']}"
-        value = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-        self._call(self._redis.set, key, value, ex=USER_RECORD_TTL)
+        self.set_users([record])
 
     def set_users(self, records: "list[dict]") -> None:
-        """Write many records in one round trip (re-registration after an outage)."""
+        """Write many records in one round trip; a logoff record through a script that
+        replaces only the record of the same login."""
         pipe = self._redis.pipeline(transaction=False)
         for record in records:
             key = f"{USER_KEY_PREFIX}{record['appID']}_{record['userID']}"
-            pipe.set(key, json.dumps(record, ensure_ascii=False, separators=(",", ":")),
-                     ex=USER_RECORD_TTL)
+            value = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            if record.get("isLogoff"):
+                self._logoff(keys=[key], args=[value, record["accIp"], str(record["accPort"]),
+                                               int(record["loginTime"]), USER_RECORD_TTL],
+                             client=pipe)
+            else:
+                pipe.set(key, value, ex=USER_RECORD_TTL)
         self._call(pipe.execute)
 
     def get_user(self, app_id: int, user_id: str) -> Optional[dict]:

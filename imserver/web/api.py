@@ -205,8 +205,15 @@ def send_message_all():
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
     seq = msg_id or node.next_seq()
-    node.push_to_room(app_id, sender, seq, "msg", "text", message)
     data = {"sendResults": True}
+    try:
+        missed = node.push_to_room(app_id, sender, seq, "msg", "text", message)
+    except StoreError as exc:
+        missed = []
+        store_error = store_error or f"cluster store unavailable ({exc})"
     if store_error:
         data["sendResultsErr"] = store_error + "; delivered on this node only"
+    elif missed:
+        data["sendResultsErr"] = "not delivered on nodes that did not answer in time"
+        data["unreachableNodes"] = missed
     return json_answer(data=data)
