@@ -57,14 +57,14 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    from imserver.web.app import watch_worker
+    from imserver.runtime import watch_worker
     watch_worker(worker)
 
 
 def worker_exit(server, worker):
     # Clients get their close frames before the process goes (bounded by graceful_timeout).
-    from imserver.web.app import drain
-    drain(timeout=graceful_timeout)
+    from imserver.runtime import stop_nodes
+    stop_nodes(timeout=graceful_timeout)
 
 
 def child_exit(server, worker):

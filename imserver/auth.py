@@ -138,12 +138,3 @@ class Auth:
 
 def rpc_secret_ok(presented, accepted: "tuple[str, ...]") -> bool:
     return _any_equal(presented, tuple(s.encode("utf-8") for s in accepted))
-
-
-def auth_of(node) -> Auth:
-    """The node's Auth; made from its config the first time for a node built outside
-    ``create_app`` (unit tests)."""
-    auth = getattr(node, "auth", None)
-    if auth is None:
-        auth = node.auth = Auth(node.cfg)
-    return auth

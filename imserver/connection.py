@@ -17,15 +17,12 @@ import gevent
 
 from . import metrics
 from .protocol import frames
+from .protocol.codes import CloseCode, Disconnect
 from .protocol.frames import FrameError
 
 log = logging.getLogger("imserver.connection")
 
 CLOSE_TIMEOUT = 5.0  # how long a closing peer may take to answer our close frame
-
-# Application close codes (4000-4999 are free for applications in RFC 6455).
-CLOSE_REPLACED = 4000  # the same user logged in on another connection
-CLOSE_HEARTBEAT_TIMEOUT = 4001
 
 PING_FRAME = frames.encode_frame(frames.OP_PING, b"")
 
@@ -145,9 +142,9 @@ class Connection:
     def _start_backlog(self, rest: bytes) -> None:
         self._backlog = deque((rest,))
         self._backlog_bytes = len(rest)
-        self._writer = gevent.spawn(self._drain)
+        self._writer = gevent.spawn(self._write_backlog)
 
-    def _drain(self):
+    def _write_backlog(self):
         """Writer greenlet: writes the backlog out, then ends."""
         backlog = self._backlog
         try:
@@ -183,7 +180,7 @@ class Connection:
         if self.closing or self.closed:
             return
         self.closing = True
-        self._write(frames.close_frame(code, reason))
+        self._write(frames.close_frame(int(code), reason))
         if self._backlog is None:
             self._shutdown_write()
         gevent.spawn_later(CLOSE_TIMEOUT, self.abort)
@@ -255,9 +252,9 @@ class Connection:
             fin = b0 & 0x80
             op = b0 & 0x0F
             if b0 & 0x70:
-                raise FrameError(1002, "reserved bits set")
+                raise FrameError(Disconnect.PROTOCOL_ERROR, "reserved bits set")
             if not b1 & 0x80:
-                raise FrameError(1002, "client frames must be masked")
+                raise FrameError(Disconnect.PROTOCOL_ERROR, "client frames must be masked")
             n = b1 & 0x7F
             if n == 126:
                 ext = read(2)
@@ -271,17 +268,17 @@ class Connection:
                 n = frames.unpack_q(ext)[0]
             if op in frames.CONTROL_OPCODES:
                 if n > 125 or not fin:
-                    raise FrameError(1002, "bad control frame")
+                    raise FrameError(Disconnect.PROTOCOL_ERROR, "bad control frame")
             elif op in frames.DATA_OPCODES:
                 if opcode is not None:
-                    raise FrameError(1002, "new message inside a fragmented one")
+                    raise FrameError(Disconnect.PROTOCOL_ERROR, "new message inside a fragmented one")
             elif op == frames.OP_CONTINUATION:
                 if opcode is None:
-                    raise FrameError(1002, "continuation without a message")
+                    raise FrameError(Disconnect.PROTOCOL_ERROR, "continuation without a message")
             else:
-                raise FrameError(1002, f"unknown opcode {op}")
+                raise FrameError(Disconnect.PROTOCOL_ERROR, f"unknown opcode {op}")
             if op not in frames.CONTROL_OPCODES and size + n > max_frame:
-                raise FrameError(1009, f"message larger than {max_frame} bytes")
+                raise FrameError(Disconnect.MESSAGE_TOO_BIG, f"message larger than {max_frame} bytes")
             mask = read(4)
             payload = read(n) if n else b""
             if len(mask) < 4 or len(payload) < n:
@@ -299,7 +296,8 @@ class Connection:
                 code, _ = frames.parse_close(payload)
                 if not self.closing:
                     # Answer the close handshake, echoing a valid code.
-                    self.close(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1000)
+                    valid = 1000 <= code < 5000 and code not in (1005, 1006)
+                    self.close(code if valid else CloseCode.NORMAL)
                 return None
             if opcode is None:
                 opcode = op

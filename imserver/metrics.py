@@ -43,17 +43,10 @@ HTTP_SECONDS = Histogram("imserver_http_seconds", "HTTP API handling time", ["ro
 # This process's own drop counts, for /system/state.
 local_drops: "_LocalCounter[str]" = _LocalCounter()
 
-KNOWN_COMMANDS = frozenset(("login", "heartbeat", "ping"))
-
 
 def drop(reason: str, count: int = 1) -> None:
     local_drops[reason] += count
     DROPS.labels(reason).inc(count)
-
-
-def command_label(cmd: str) -> str:
-    """Bounded label values: a client cannot create a time series per made-up cmd."""
-    return cmd if cmd in KNOWN_COMMANDS else "other"
 
 
 def exposition() -> "tuple[bytes, str]":

@@ -8,6 +8,7 @@ skipped for stores whose expiry the server keeps by real time (Redis TTLs).
 import pytest
 
 from imserver.cluster import MemoryPresenceStore, NoPeersRelay, record_is_online, user_record
+from imserver.protocol import Message
 from imserver.cluster.base import MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL
 
 T0 = 1_700_000_000.0  # whole seconds: stores may keep report times as whole seconds
@@ -372,12 +373,12 @@ def test_memory_reclaim_after_expiry_restarts_the_12_hours():
 
 def test_no_peers_relay_reaches_no_one():
     relay = NoPeersRelay()
-    assert relay.send_to_user("10.0.0.2:9001", 101, "bob", "s", "msg", "text", "hi") is False
-    failures = relay.broadcast(["10.0.0.2:9001", "10.0.0.3:9001"], 101, "alice", "s", "msg",
-                               "text", "hi")
+    message = Message(101, "s", "msg", "hi", "alice")
+    assert relay.send_to_user("10.0.0.2:9001", "bob", message) is False
+    failures = relay.broadcast(["10.0.0.2:9001", "10.0.0.3:9001"], message)
     assert [(f.peer, f.unreachable) for f in failures] == [("10.0.0.2:9001", True),
                                                            ("10.0.0.3:9001", True)]
-    assert relay.broadcast([], 101, "alice", "s", "msg", "text", "hi") == []
+    assert relay.broadcast([], message) == []
     users, failures = relay.user_lists(["10.0.0.2:9001"], 101)
     assert users == [] and [f.peer for f in failures] == ["10.0.0.2:9001"]
     assert relay.query_online("10.0.0.2:9001", 101, "bob") is False

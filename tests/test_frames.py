@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from imserver.protocol import frames
+from imserver.protocol import Disconnect, frames
 from imserver.protocol.frames import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError,
                                       close_frame, encode_frame, parse_close, text_frame, unmask)
 
@@ -206,6 +206,6 @@ def test_unmask_returns_bytes():
 # -- FrameError ------------------------------------------------------------------------------------
 
 def test_frame_error_carries_close_code_and_reason():
-    err = FrameError(1009, "message larger than 65536 bytes")
+    err = FrameError(Disconnect.MESSAGE_TOO_BIG, "message larger than 65536 bytes")
     assert (err.close_code, err.reason, str(err)) == (1009, "message larger than 65536 bytes",
                                                       "message larger than 65536 bytes")

@@ -14,12 +14,14 @@ import time
 import pytest
 
 from imserver.cluster import MemoryPresenceStore, NoPeersRelay, StoreError
-from imserver.commands import CommandRegistry, commands as default_commands
+from imserver.auth import Auth
 from imserver.config import load_config
-from imserver.connection import CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED
 from imserver.hub import Hub
-from imserver.node import Node, resolve_advertise_ip
-from imserver.protocol import Code
+from imserver.node import CommandRegistry, Node, commands as default_commands
+from imserver.protocol import CloseCode, Code
+from imserver.runtime import resolve_advertise_ip
+
+CLOSE_REPLACED, CLOSE_HEARTBEAT_TIMEOUT = CloseCode.REPLACED, CloseCode.HEARTBEAT_TIMEOUT
 
 _ids = itertools.count(1)
 
@@ -107,7 +109,7 @@ def cfg():
 
 
 def make_node(cfg, store=None, registry=default_commands, ip="10.0.0.7"):
-    return Node(cfg, store or MemoryPresenceStore(), NoPeersRelay(), ip,
+    return Node(cfg, store or MemoryPresenceStore(), NoPeersRelay(), Auth(cfg), ip,
                 command_registry=registry)
 
 
@@ -128,7 +130,7 @@ def request(node, conn, cmd, data=None, seq="1"):
     if data is not None:
         frame["data"] = data
     before = len(conn.frames)
-    node.dispatch(conn, json.dumps(frame, ensure_ascii=False))
+    node.sessions.dispatch(conn, json.dumps(frame, ensure_ascii=False))
     replies = [m for m in conn.decoded()[before:] if m["seq"] == seq and m["cmd"] == cmd]
     assert len(replies) == 1, conn.decoded()[before:]
     return replies[0]
@@ -290,7 +292,7 @@ def test_registries_are_independent():
 
 # -- dispatch ------------------------------------------------------------------------------------
 
-def test_dispatch_calls_the_handler_with_node_conn_and_data(cfg):
+def test_dispatch_calls_the_handler_with_sessions_conn_and_data(cfg):
     registry = CommandRegistry()
     calls = []
 
@@ -301,8 +303,8 @@ def test_dispatch_calls_the_handler_with_node_conn_and_data(cfg):
 
     node = make_node(cfg, registry=registry)
     conn = connect(node)
-    node.dispatch(conn, '{"seq":"s-1","cmd":"echo","data":{"k":"值"}}')
-    assert calls == [(node, conn, {"k": "值"})]
+    node.sessions.dispatch(conn, '{"seq":"s-1","cmd":"echo","data":{"k":"值"}}')
+    assert calls == [(node.sessions, conn, {"k": "值"})]
     payload = ('{"seq":"s-1","cmd":"echo","response":{"code":200,"codeMsg":"Success",'
                '"data":{"got":{"k":"值"}}}}').encode("utf-8")
     assert len(payload) == 97
@@ -311,7 +313,7 @@ def test_dispatch_calls_the_handler_with_node_conn_and_data(cfg):
 
 def test_dispatch_accepts_bytes(node):
     conn = connect(node)
-    node.dispatch(conn, b'{"seq":"b","cmd":"ping"}')
+    node.sessions.dispatch(conn, b'{"seq":"b","cmd":"ping"}')
     assert conn.messages() == [
         b'{"seq":"b","cmd":"ping","response":{"code":200,"codeMsg":"Success","data":"pong"}}']
 
@@ -326,7 +328,7 @@ def test_raising_handler_gives_1004_and_logs_a_traceback(cfg, caplog):
     node = make_node(cfg, registry=registry)
     conn = connect(node)
     with caplog.at_level(logging.ERROR, logger="imserver"):
-        node.dispatch(conn, '{"seq":"7","cmd":"boom","data":{}}')
+        node.sessions.dispatch(conn, '{"seq":"7","cmd":"boom","data":{}}')
     assert conn.messages() == [
         '{"seq":"7","cmd":"boom","response":{"code":1004,"codeMsg":"系统错误","data":null}}'
         .encode("utf-8")]
@@ -346,8 +348,8 @@ def test_connection_keeps_working_after_a_failing_handler(cfg):
     registry.register("ok")(lambda n, c, d: (Code.OK, "fine"))
     node = make_node(cfg, registry=registry)
     conn = connect(node)
-    node.dispatch(conn, '{"seq":"1","cmd":"boom"}')
-    node.dispatch(conn, '{"seq":"2","cmd":"ok"}')
+    node.sessions.dispatch(conn, '{"seq":"1","cmd":"boom"}')
+    node.sessions.dispatch(conn, '{"seq":"2","cmd":"ok"}')
     assert conn.decoded() == [reply("1", "boom", 1004), reply("2", "ok", 200, "fine")]
 
 
@@ -358,14 +360,14 @@ def test_handler_returning_unencodable_data_gives_1004(cfg):
     registry.register("bad")(lambda n, c, d: (Code.OK, object()))
     node = make_node(cfg, registry=registry)
     conn = connect(node)
-    node.dispatch(conn, '{"seq":"1","cmd":"bad"}')
+    node.sessions.dispatch(conn, '{"seq":"1","cmd":"bad"}')
     assert conn.decoded() == [reply("1", "bad", 1004)]
 
 
 def test_unknown_command_is_1010(cfg):
     node = make_node(cfg, registry=CommandRegistry())
     conn = connect(node)
-    node.dispatch(conn, '{"seq":"9","cmd":"ping"}')
+    node.sessions.dispatch(conn, '{"seq":"9","cmd":"ping"}')
     assert conn.messages() == [
         '{"seq":"9","cmd":"ping","response":{"code":1010,"codeMsg":"路由不存在","data":null}}'
         .encode("utf-8")]
@@ -380,7 +382,7 @@ def test_unknown_command_is_1010(cfg):
 ])
 def test_bad_request_frame_is_a_1001_reply(node, payload, seq, cmd):
     conn = connect(node)
-    node.dispatch(conn, payload)
+    node.sessions.dispatch(conn, payload)
     assert conn.decoded() == [reply(seq, cmd, 1001)]
 
 
@@ -388,7 +390,7 @@ def test_request_with_a_lone_surrogate_is_answered(node):
     # '\ud800' is a JSON escape that decodes to a str UTF-8 cannot carry; the node must
     # still answer in the envelope instead of raising out of its reader loop.
     conn = connect(node)
-    node.dispatch(conn, '{"seq":"\\ud800","cmd":"ping"}')
+    node.sessions.dispatch(conn, '{"seq":"\\ud800","cmd":"ping"}')
     assert len(conn.frames) == 1
     answer = json.loads(conn.messages()[0].decode("utf-8"))
     assert answer["response"]["code"] in (200, 1001)
@@ -460,7 +462,7 @@ def test_user_id_limit_is_in_characters(node):
 
 def test_user_id_with_a_lone_surrogate_is_invalid(node):
     conn = connect(node)
-    node.dispatch(conn, '{"seq":"1","cmd":"login","data":{"userID":"a\\ud800","appID":101}}')
+    node.sessions.dispatch(conn, '{"seq":"1","cmd":"login","data":{"userID":"a\\ud800","appID":101}}')
     assert conn.decoded() == [reply("1", "login", 1002)]
     assert node.hub.user_count == 0
 
@@ -600,7 +602,7 @@ def test_sweep_closes_only_stale_connections(node):
     ancient = connect(node, heartbeat_time=now - 10_000)
     login(node, ancient, "alice")
     ancient.heartbeat_time = now - 10_000
-    assert node.sweep(now) == 2
+    assert node.sessions.sweep(now) == 2
     assert stale.closes == [(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")]
     assert ancient.closes == [(4001, "heartbeat timeout")]
     assert fresh.closes == []
@@ -611,7 +613,7 @@ def test_sweep_skips_connections_already_closing(node):
     now = 1_700_000_000.0
     closing = connect(node, heartbeat_time=now - 1000)
     closing.close(4000, "logged in elsewhere")
-    assert node.sweep(now) == 0
+    assert node.sessions.sweep(now) == 0
     assert closing.closes == [(4000, "logged in elsewhere")]
 
 
@@ -620,21 +622,21 @@ def test_sweep_uses_the_configured_timeout(cfg):
     now = 1_700_000_000.0
     a = connect(node, heartbeat_time=now - 29)
     b = connect(node, heartbeat_time=now - 31)
-    assert node.sweep(now) == 1
+    assert node.sessions.sweep(now) == 1
     assert (a.closes, b.closes) == ([], [(4001, "heartbeat timeout")])
 
 
 def test_sweep_of_an_empty_node(node):
-    assert node.sweep(time.time()) == 0
+    assert node.sessions.sweep(time.time()) == 0
 
 
-def test_sweep_prunes_the_store(cfg):
+def test_presence_prunes_the_store(cfg):
     clock_now = [1_700_000_000.0]
     store = MemoryPresenceStore(clock=lambda: clock_now[0])
     node = make_node(cfg, store=store)
     store.claim_msg_id("m")
     clock_now[0] += 12 * 3600
-    node.sweep(time.time())
+    node.presence.prune()
     assert list(store._msg_ids) == []
 
 
@@ -653,9 +655,10 @@ def test_resolve_advertise_ip_finds_an_ipv4_address():
 
 
 def test_node_address_is_advertised_ip_and_rpc_port(cfg):
-    node = Node(cfg, MemoryPresenceStore(), NoPeersRelay(), "10.9.8.7")
-    assert (node.ip, node.rpc_port, node.addr) == ("10.9.8.7", 9001, "10.9.8.7:9001")
-    node = Node(cfg, MemoryPresenceStore(), NoPeersRelay(), "10.9.8.7", rpc_port=9003)
+    node = Node(cfg, MemoryPresenceStore(), NoPeersRelay(), Auth(cfg), "10.9.8.7")
+    assert (node.presence.ip, node.presence.rpc_port, node.addr) == (
+        "10.9.8.7", 9001, "10.9.8.7:9001")
+    node = Node(cfg, MemoryPresenceStore(), NoPeersRelay(), Auth(cfg), "10.9.8.7", rpc_port=9003)
     assert node.addr == "10.9.8.7:9003"
 
 
@@ -669,23 +672,23 @@ def test_sweep_pings_quiet_connections_and_drops_silent_ones(node):
     silent = connect(node, heartbeat_time=now)
     silent.last_seen = now - interval - timeout - 1
     silent.pinged = True
-    assert node.sweep(now) == 1
+    assert node.sessions.sweep(now) == 1
     assert (talking.pings, quiet.pings, silent.pings) == (0, 1, 0)
     assert silent.aborted and not quiet.aborted and not talking.aborted
     # A quiet connection is pinged once per silence, not at every sweep.
-    assert node.sweep(now + 1) == 0
+    assert node.sessions.sweep(now + 1) == 0
     assert quiet.pings == 1
 
 
 def test_rate_limit_is_a_token_bucket(node):
     conn = connect(node)
     now = 1_700_000_000.0
-    conn.tokens, conn.tokens_time = float(node.rate_burst), now
-    allowed = [node.allow_message(conn, now) for _ in range(node.rate_burst + 3)]
-    assert allowed == [True] * node.rate_burst + [False] * 3
+    conn.tokens, conn.tokens_time = float(node.sessions.rate_burst), now
+    allowed = [node.sessions.allow_message(conn, now) for _ in range(node.sessions.rate_burst + 3)]
+    assert allowed == [True] * node.sessions.rate_burst + [False] * 3
     assert conn.strikes == 3
     # Refilled at app.rateLimit tokens a second.
-    assert node.allow_message(conn, now + 1.0 / node.rate_limit + 1e-6) is True
+    assert node.sessions.allow_message(conn, now + 1.0 / node.sessions.rate_limit + 1e-6) is True
     assert conn.strikes == 0
 
 
@@ -710,12 +713,12 @@ def test_logouts_missed_in_an_outage_are_written_when_the_store_is_back(cfg):
     alice, bob = connect(node), connect(node)
     assert login(node, alice, "alice")["response"]["code"] == 200
     assert login(node, bob, "bob", seq="2")["response"]["code"] == 200
-    node._disconnected(alice)
+    node.sessions.disconnected(alice)
     store.down = True
-    assert node.flush_records() is False  # kept, not lost
+    assert node.presence.flush_records() is False  # kept, not lost
     store.down = False
     assert store.get_user(101, "alice")["isLogoff"] is False
-    assert node.flush_records() is True
+    assert node.presence.flush_records() is True
     assert store.get_user(101, "alice") is None  # the memory store drops logged-off users
     assert store.get_user(101, "bob")["isLogoff"] is False  # still here: untouched
 
@@ -730,9 +733,9 @@ def test_heartbeats_and_logouts_are_written_in_batches(cfg):
     store.set_users = lambda records: written.append(list(records))
     later = time.time() + 5
     for conn in conns:
-        node.heartbeat(conn, later)
-    node.heartbeat(conns[0], later + 1)  # the newest record of a user wins
-    assert node.flush_records() is True
+        node.sessions.heartbeat(conn, later)
+    node.sessions.heartbeat(conns[0], later + 1)  # the newest record of a user wins
+    assert node.presence.flush_records() is True
     assert len(written) == 1 and len(written[0]) == 3
     assert {r["userID"]: r["heartbeatTime"] for r in written[0]} == {
         "u0": int(later + 1), "u1": int(later), "u2": int(later)}
@@ -743,11 +746,11 @@ def test_a_user_back_before_the_store_is_not_logged_out(cfg):
     node = make_node(cfg, store=store)
     first = connect(node)
     assert login(node, first, "carol")["response"]["code"] == 200
-    node._disconnected(first)
+    node.sessions.disconnected(first)
     store.down = True
-    node.flush_records()
+    node.presence.flush_records()
     store.down = False
     again = connect(node)
     assert login(node, again, "carol", seq="2")["response"]["code"] == 200
-    node.flush_records()
+    node.presence.flush_records()
     assert store.get_user(101, "carol")["isLogoff"] is False

@@ -1,9 +1,11 @@
-"""The two contracts the node needs from a cluster, after Centrifugo's engines:
+"""The contracts between a node and its cluster, after Centrifugo's engines:
 
 * a PresenceStore keeps who is online where, the live nodes, and ``msgID``s already
   delivered; its records follow PROTOCOL.md ("Cluster store") so that every
   implementation shares one meaning of "online";
-* a Relay carries deliveries to other nodes.
+* a Relay carries messages to other nodes;
+* a PeerService is what a node does for its peers' calls (the relay's server side calls
+  it, never the node's own attributes).
 
 The memory implementations make a cluster of one node (the embedded default); the
 Redis store and the gRPC relay make a real cluster. Nothing outside this package
@@ -12,6 +14,8 @@ knows which one runs.
 import abc
 import time
 from typing import Optional
+
+from ..protocol import Message
 
 ONLINE_FRESH_SECONDS = 180  # a record whose heartbeat is older is offline; a node report too
 USER_RECORD_TTL = 24 * 3600
@@ -62,8 +66,8 @@ class PresenceStore(abc.ABC):
 
     @abc.abstractmethod
     def set_user(self, record: dict) -> None:
-        """Write a user's record (at login, heartbeat and logout); it expires after
-        USER_RECORD_TTL. A logoff record (``isLogoff``) replaces only the record of the
+        """Write a user's record (at login; heartbeats and logouts go in batches through
+        ``set_users``); it expires after USER_RECORD_TTL. A logoff record (``isLogoff``) replaces only the record of the
         same login (same accIp, accPort and loginTime): a user who has logged in on
         another node meanwhile stays online."""
 
@@ -93,7 +97,8 @@ class PresenceStore(abc.ABC):
         """Addresses of nodes whose last report is under ONLINE_FRESH_SECONDS old."""
 
     def set_users(self, records: "list[dict]") -> None:
-        """Write many records at once (after a store outage)."""
+        """Write many records at once, each as ``set_user`` would (the batched heartbeats
+        and logouts, and every local user's record again after a store outage)."""
         for record in records:
             self.set_user(record)
 
@@ -113,25 +118,25 @@ class PresenceStore(abc.ABC):
 
 
 class Relay(abc.ABC):
-    """Deliveries to other nodes. ``peers`` are "ip:rpcPort" addresses; the caller
-    leaves its own address out."""
+    """Messages and questions to other nodes. ``peers`` are "ip:rpcPort" addresses; the
+    caller leaves its own address out."""
 
     @abc.abstractmethod
-    def send_to_user(self, peer: str, app_id: int, user_id: str, seq: str, cmd: str,
-                     msg_type: str, msg: str, sender: str = "") -> bool:
-        """Ask ``peer`` to push a frame to its local user; True if it was delivered.
-        Raises RelayError when the peer cannot be reached in time."""
+    def send_to_user(self, peer: str, user_id: str, message: Message) -> bool:
+        """Ask ``peer`` to push ``message`` to its local user ``user_id`` of
+        ``message.app_id``; True if it was delivered. Raises RelayError when the peer
+        cannot be reached in time."""
 
     @abc.abstractmethod
     def query_online(self, peer: str, app_id: int, user_id: str) -> bool:
         """Is the user connected to ``peer``? Raises RelayError when it cannot be asked."""
 
     @abc.abstractmethod
-    def broadcast(self, peers: "list[str]", app_id: int, sender: str, seq: str, cmd: str,
-                  msg_type: str, msg: str, timeout: "float | None" = None) -> "list[RelayError]":
-        """Ask every peer, in parallel, to push to its users of ``app_id`` except
-        ``sender``, within ``timeout`` seconds (default: the relay's own). Returns the
-        failures, one per failed peer."""
+    def broadcast(self, peers: "list[str]", message: Message,
+                  timeout: "float | None" = None) -> "list[RelayError]":
+        """Ask every peer, in parallel, to push ``message`` to its users of
+        ``message.app_id`` except ``message.sender``, within ``timeout`` seconds (default:
+        the relay's own). Returns the failures, one per failed peer."""
 
     @abc.abstractmethod
     def user_lists(self, peers: "list[str]", app_id: int) -> "tuple[list[str], list[RelayError]]":
@@ -142,3 +147,23 @@ class Relay(abc.ABC):
 
     def close(self) -> None:
         """Close channels."""
+
+
+class PeerService(abc.ABC):
+    """What a node does for its peers: the server side of a Relay calls only these."""
+
+    @abc.abstractmethod
+    def deliver_to_user(self, user_id: str, message: Message) -> bool:
+        """Push ``message`` to the local user; False when the user is not here."""
+
+    @abc.abstractmethod
+    def deliver_to_room(self, message: Message) -> int:
+        """Push ``message`` to the local members of its room but its sender; how many."""
+
+    @abc.abstractmethod
+    def local_users(self, app_id: int) -> "list[str]":
+        """Users of ``app_id`` connected here."""
+
+    @abc.abstractmethod
+    def is_local(self, app_id: int, user_id: str) -> bool:
+        """Is the user connected here?"""

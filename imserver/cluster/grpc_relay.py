@@ -16,8 +16,8 @@ import grpc
 
 from ..auth import RPC_SECRET_HEADER, rpc_secret_ok
 from ..metrics import GRPC_CALLS, GRPC_ERRORS
-from ..protocol import Code
-from .base import Relay, RelayError
+from ..protocol import Code, Message
+from .base import PeerService, Relay, RelayError
 from .pb import accserver_pb2 as pb
 from .pb import accserver_pb2_grpc as pb_grpc
 
@@ -51,6 +51,34 @@ def enable_gevent() -> None:
         grpc_gevent.init_gevent()
         gevent.get_hub().threadpool.maxsize = THREADPOOL_SIZE
         _gevent_ready = True
+
+
+# -- messages to and from protobuf: the only place that knows both shapes ---------------------
+
+def _pushed_type(relayed: str) -> str:
+    return relayed or "text"
+
+
+def send_msg_request(user_id: str, message: Message) -> pb.SendMsgReq:
+    return pb.SendMsgReq(seq=message.seq, appID=message.app_id, userID=user_id,
+                         cms=message.cmd, type=message.type, msg=message.text,
+                         sender=message.sender)
+
+
+def send_msg_all_request(message: Message) -> pb.SendMsgAllReq:
+    return pb.SendMsgAllReq(seq=message.seq, appID=message.app_id, userID=message.sender,
+                            cms=message.cmd, type=message.type, msg=message.text)
+
+
+def message_of(request) -> Message:
+    """The message a peer's SendMsg or SendMsgAll carries (in SendMsgAll ``userID`` is the
+    sender, in SendMsg the recipient and ``sender`` the sender)."""
+    if isinstance(request, pb.SendMsgAllReq):
+        sender = request.userID
+    else:
+        sender = request.sender
+    return Message(request.appID, request.seq, request.cms or "msg", request.msg, sender,
+                   _pushed_type(request.type))
 
 
 class GrpcRelay(Relay):
@@ -94,10 +122,8 @@ class GrpcRelay(Relay):
                          pb.QueryUsersOnlineReq(appID=app_id, userID=user_id))
         return rsp.retCode == Code.OK and rsp.online
 
-    def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg, sender="") -> bool:
-        rsp = self._call(peer, "SendMsg", pb.SendMsgReq(
-            seq=seq, appID=app_id, userID=user_id, cms=cmd, type=msg_type, msg=msg,
-            sender=sender))
+    def send_to_user(self, peer, user_id, message) -> bool:
+        rsp = self._call(peer, "SendMsg", send_msg_request(user_id, message))
         return rsp.retCode == Code.OK
 
     def _call_or_error(self, peer: str, method: str, request, timeout=None):
@@ -124,9 +150,8 @@ class GrpcRelay(Relay):
                 answers[peer] = value
         return answers, failed
 
-    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg, timeout=None):
-        request = pb.SendMsgAllReq(seq=seq, appID=app_id, userID=sender, cms=cmd,
-                                   type=msg_type, msg=msg)
+    def broadcast(self, peers, message, timeout=None):
+        request = send_msg_all_request(message)
         answers, failed = self._fan_out(peers, "SendMsgAll", request, timeout)
         return failed + [RelayError(p, f"{p} SendMsgAll: retCode {rsp.retCode} {rsp.errMsg}")
                          for p, rsp in answers.items() if rsp.retCode != Code.OK]
@@ -149,29 +174,27 @@ class GrpcRelay(Relay):
 
 
 class AccServerServicer(pb_grpc.AccServerServicer):
-    """Serves peers' calls from this node's hub."""
+    """Serves peers' calls through this node's PeerService."""
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, service: PeerService):
+        self.service = service
 
     def QueryUsersOnline(self, request, context):
-        online = self.node.hub.user(request.appID, request.userID) is not None
+        online = self.service.is_local(request.appID, request.userID)
         return pb.QueryUsersOnlineRsp(retCode=Code.OK, online=online)
 
     def SendMsg(self, request, context):
-        if self.node.deliver_to_local_user(request.appID, request.userID, request.seq,
-                                           request.cms or "msg", request.type or "text",
-                                           request.msg, request.sender):
+        if self.service.deliver_to_user(request.userID, message_of(request)):
             return pb.SendMsgRsp(retCode=Code.OK, sendMsgID=request.seq)
         return pb.SendMsgRsp(retCode=Code.NOT_DATA, errMsg="user not on this node")
 
     def SendMsgAll(self, request, context):
-        self.node.deliver_frame_local(request.appID, request.userID, request.seq,
-                                      request.cms or "msg", request.type or "text", request.msg)
+        self.service.deliver_to_room(message_of(request))
         return pb.SendMsgAllRsp(retCode=Code.OK, sendMsgID=request.seq)
 
     def GetUserList(self, request, context):
-        return pb.GetUserListRsp(retCode=Code.OK, userID=self.node.hub.user_ids(request.appID))
+        return pb.GetUserListRsp(retCode=Code.OK,
+                                 userID=self.service.local_users(request.appID))
 
 
 class SecretInterceptor(grpc.ServerInterceptor):
@@ -196,14 +219,14 @@ class SecretInterceptor(grpc.ServerInterceptor):
         return self._refusal
 
 
-def start_server(node, host: str, port: int, max_workers: int = 64,
+def start_server(service: PeerService, host: str, port: int, max_workers: int = 64,
                  secrets=()) -> grpc.Server:
     """Serve AccServer on host:port, to callers that send one of ``secrets`` when any is
     given; raises RuntimeError when the port cannot be bound."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[SecretInterceptor(secrets)] if secrets else None,
                          options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_AccServerServicer_to_server(AccServerServicer(node), server)
+    pb_grpc.add_AccServerServicer_to_server(AccServerServicer(service), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:

@@ -3,8 +3,8 @@ import time
 from collections import OrderedDict
 from typing import Optional
 
-from .base import (MSG_ID_TTL, same_login, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay,
-                   RelayError)
+from .base import (MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay,
+                   RelayError, same_login)
 
 MAX_MSG_IDS = 1_000_000  # bound on remembered msgIDs; the oldest are forgotten first
 
@@ -81,13 +81,13 @@ class MemoryPresenceStore(PresenceStore):
 class NoPeersRelay(Relay):
     """The relay of a node that has no peers: there is never anyone to relay to."""
 
-    def send_to_user(self, peer, app_id, user_id, seq, cmd, msg_type, msg, sender="") -> bool:
+    def send_to_user(self, peer, user_id, message) -> bool:
         return False
 
     def query_online(self, peer, app_id, user_id) -> bool:
         return False
 
-    def broadcast(self, peers, app_id, sender, seq, cmd, msg_type, msg, timeout=None):
+    def broadcast(self, peers, message, timeout=None):
         return [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
 
     def user_lists(self, peers, app_id):

@@ -1,5 +1,5 @@
 """Reply codes of the wire protocol and their fixed messages (PROTOCOL.md, "Codes")."""
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class Code(IntEnum):
@@ -42,12 +42,33 @@ _MESSAGES = {
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes (RFC 6455 section 7.4) used by the node."""
+    """WebSocket close codes the node sends (RFC 6455 section 7.4; 4000-4999 are the
+    application's own)."""
 
-    NORMAL = 1000
-    GOING_AWAY = 1001  # node shutting down
-    PROTOCOL_ERROR = 1002
-    INVALID_PAYLOAD = 1007  # text frame that is not UTF-8
-    POLICY_VIOLATION = 1008  # replaced by a newer login, idle timeout, slow consumer
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
+    NORMAL = 1000  # answer to a client's close without a usable code
+    GOING_AWAY = 1001  # the node is shutting down: reconnect elsewhere
+    PROTOCOL_ERROR = 1002  # the client broke the framing rules
+    INVALID_PAYLOAD = 1007  # a text frame that is not UTF-8
+    POLICY_VIOLATION = 1008  # kept sending over the rate limit
+    MESSAGE_TOO_BIG = 1009  # a message over app.maxFrameBytes
+    REPLACED = 4000  # the same user logged in on another connection
+    HEARTBEAT_TIMEOUT = 4001  # no heartbeat for app.heartbeatTimeout
+
+
+class Disconnect(Enum):
+    """Why the node ends a connection with a close frame: the one place that maps a failure
+    to its close code, the reason sent with it and the ``imserver_drops`` label (None: not
+    counted as a drop)."""
+
+    SHUTDOWN = (CloseCode.GOING_AWAY, "server going away", None)
+    PROTOCOL_ERROR = (CloseCode.PROTOCOL_ERROR, "protocol error", "protocol_error")
+    INVALID_UTF8 = (CloseCode.INVALID_PAYLOAD, "text frame is not valid UTF-8", "invalid_utf8")
+    RATE_LIMITED = (CloseCode.POLICY_VIOLATION, "rate limit exceeded", "rate_limit")
+    MESSAGE_TOO_BIG = (CloseCode.MESSAGE_TOO_BIG, "message too big", "message_too_big")
+    REPLACED = (CloseCode.REPLACED, "logged in elsewhere", "replaced")
+    HEARTBEAT_TIMEOUT = (CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", "heartbeat_timeout")
+
+    def __init__(self, code: CloseCode, reason: str, drop: "str | None"):
+        self.code = code
+        self.reason = reason
+        self.drop = drop

@@ -6,6 +6,8 @@ length is checked before it is read, and unmasking/UTF-8 checks run in C.
 """
 import struct
 
+from .codes import Disconnect
+
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -60,9 +62,15 @@ def parse_close(payload: bytes) -> "tuple[int, str]":
 
 
 class FrameError(Exception):
-    """The peer broke the framing rules; the connection is closed with ``close_code``."""
+    """The peer broke the framing rules (``Disconnect.PROTOCOL_ERROR``) or sent a message
+    over the limit (``Disconnect.MESSAGE_TOO_BIG``); ``reason`` says what, for the close
+    frame and the log."""
 
-    def __init__(self, close_code: int, reason: str):
+    def __init__(self, disconnect: Disconnect, reason: str):
         super().__init__(reason)
-        self.close_code = close_code
+        self.disconnect = disconnect
         self.reason = reason
+
+    @property
+    def close_code(self) -> int:
+        return int(self.disconnect.code)

@@ -4,8 +4,7 @@ from typing import Optional
 
 from flask import Blueprint, Response, request
 
-from ..auth import auth_of
-from .app import NODE_KEY, get_node
+from .extension import get_node, node_of
 
 bp = Blueprint("acc", __name__)
 log = logging.getLogger("imserver.acc")
@@ -16,7 +15,7 @@ def acc():
     ws = request.environ.get("wsgi.websocket")
     if ws is None:
         return plain_get()
-    get_node().adopt(ws)  # served by a greenlet of its own from here on
+    get_node().sessions.adopt(ws)  # served by a greenlet of its own from here on
     return Response()
 
 
@@ -33,11 +32,11 @@ def admit(app, environ) -> "Optional[tuple[str, bytes]]":
     None to go ahead, or (HTTP status, text body) to refuse it."""
     if environ.get("PATH_INFO") != "/acc":
         return None
-    node = app.extensions.get(NODE_KEY) if hasattr(app, "extensions") else None
+    node = node_of(app)
     if node is None:
         return None
     origin = environ.get("HTTP_ORIGIN")
-    if not auth_of(node).origin_allowed(origin):
+    if not node.auth.origin_allowed(origin):
         log.info("WebSocket upgrade refused: origin %r is not in auth.origins", origin)
         return "403 Forbidden", b"origin not allowed\n"
     if node.stopping:

@@ -1,11 +1,12 @@
 """The HTTP API for back-end systems: who is online, and pushes to a user or a room."""
+import time
+
 from flask import Blueprint, Response, request
 
-from ..auth import auth_of
 from ..cluster import RelayError, StoreError
-from ..protocol import Code
+from ..protocol import Code, Message
 from ..protocol.envelope import is_encodable, parse_app_id
-from .app import get_node
+from .extension import get_node
 from .responses import add_cors, json_answer, params
 
 bp = Blueprint("api", __name__, url_prefix="/user")
@@ -24,7 +25,7 @@ BEARER_ROUTES = {"api.send_message_all", "api.user_list"}
 def preflight_and_key():
     if request.method == "OPTIONS":
         return Response(status=204)  # CORS headers are added by add_cors
-    auth = auth_of(get_node())
+    auth = get_node().auth
     if not auth.api_key_required:
         return None
     route = request.endpoint
@@ -120,16 +121,17 @@ def _text(p: dict, name: str, label: str, required: bool = True) -> str:
 
 def _user_id(p: dict, name="userID") -> str:
     user_id = _text(p, name, name)
-    if not get_node().valid_user_id(user_id):
+    sessions = get_node().sessions
+    if not sessions.valid_user_id(user_id):
         raise BadParameter(Code.UNAUTHORIZED_USER_ID,
-                           f"{name} must be 1 to {get_node().max_user_id} characters")
+                           f"{name} must be 1 to {sessions.max_user_id} characters")
     return user_id
 
 
 @bp.route("/list", methods=["GET", "POST", "OPTIONS"])
 def user_list():
     p = params()
-    users, unreachable = get_node().user_list(_app_id(p))
+    users, unreachable = get_node().delivery.user_list(_app_id(p))
     data = {"userCount": len(users), "userList": users}
     if unreachable:
         data["unreachableNodes"] = unreachable
@@ -143,7 +145,7 @@ def online():
     app_id = _app_id(p, required=False)
     node = get_node()
     app_ids = [app_id] if app_id is not None else sorted(node.app_ids)
-    is_online = any(node.is_online(a, user_id) for a in app_ids)
+    is_online = any(node.delivery.is_online(a, user_id) for a in app_ids)
     return json_answer(data={"online": is_online, "userID": user_id})
 
 
@@ -159,11 +161,17 @@ def _send_fields(p: dict):
     return msg_id, message
 
 
-def _claim(node, msg_id: str) -> "tuple[bool, str]":
+def _message(delivery, app_id: int, msg_id: str, text: str, sender: str) -> Message:
+    """A pushed ``msg``: its seq is the msgID, or a fresh one when none was given."""
+    return Message(app_id, msg_id or delivery.next_seq(), "msg", text, sender,
+                   msg_id=msg_id, time=time.time())
+
+
+def _claim(delivery, msg_id: str) -> "tuple[bool, str]":
     """(msgID is new, store error text). Without the store, a send is delivered anyway
     (at least once rather than lost): users of this node keep chatting through an outage."""
     try:
-        return node.claim_msg_id(msg_id), ""
+        return delivery.claim_msg_id(msg_id), ""
     except StoreError as exc:
         return True, f"cluster store unavailable ({exc}); msgID not deduplicated"
 
@@ -173,20 +181,20 @@ def send_message():
     p = params()
     app_id = _app_id(p)
     user_id = _user_id(p)
-    msg_id, message = _send_fields(p)
+    msg_id, text = _send_fields(p)
     sender = _text(p, "from", "from", required=False)
-    node = get_node()
-    fresh, store_error = _claim(node, msg_id)
+    delivery = get_node().delivery
+    fresh, store_error = _claim(delivery, msg_id)
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
-    seq = msg_id or node.next_seq()
+    message = _message(delivery, app_id, msg_id, text, sender)
     try:
-        delivered, reason = node.push_to_user(app_id, user_id, seq, "msg", "text", message, sender)
+        delivered, reason = delivery.push_to_user(user_id, message)
     except (StoreError, RelayError):
-        node.release_msg_id(msg_id)  # a later retry may still deliver it
+        delivery.release_msg_id(msg_id)  # a later retry may still deliver it
         raise
     if not delivered:
-        node.release_msg_id(msg_id)
+        delivery.release_msg_id(msg_id)
         return json_answer(data={"sendResults": False, "sendResultsErr": reason})
     data = {"sendResults": True}
     if store_error:
@@ -199,15 +207,14 @@ def send_message_all():
     p = params()
     app_id = _app_id(p)
     sender = _user_id(p)
-    msg_id, message = _send_fields(p)
-    node = get_node()
-    fresh, store_error = _claim(node, msg_id)
+    msg_id, text = _send_fields(p)
+    delivery = get_node().delivery
+    fresh, store_error = _claim(delivery, msg_id)
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
-    seq = msg_id or node.next_seq()
     data = {"sendResults": True}
     try:
-        missed = node.push_to_room(app_id, sender, seq, "msg", "text", message)
+        missed = delivery.push_to_room(_message(delivery, app_id, msg_id, text, sender))
     except StoreError as exc:
         missed = []
         store_error = store_error or f"cluster store unavailable ({exc})"

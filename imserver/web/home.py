@@ -4,9 +4,8 @@ import secrets
 
 from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
 
-from ..auth import auth_of
 from ..protocol.envelope import parse_app_id
-from .app import get_node
+from .extension import get_node
 
 bp = Blueprint("home", __name__)
 
@@ -53,7 +52,7 @@ def index():
         ws_port=cfg["app.webSocketPort"], http_url=cfg["app.httpUrl"],
         heartbeat_interval=cfg["app.clientHeartbeatInterval"],
         presence_max_room=cfg["app.presenceMaxRoom"], user_id=name,
-        token=auth_of(node).mint(app_id, name)))
+        token=node.auth.mint(app_id, name)))
     # Each load is a new name (and token): no cache may hand one page to two people.
     page.headers["Cache-Control"] = "no-store"
     return page

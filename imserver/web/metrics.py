@@ -4,7 +4,7 @@ import time
 from flask import Blueprint, Response, g, request
 
 from .. import metrics
-from .app import get_node
+from .extension import get_node
 
 bp = Blueprint("metrics", __name__)
 

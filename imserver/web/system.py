@@ -1,7 +1,7 @@
 """Node state for operators: ``/system/state``."""
 from flask import Blueprint, request
 
-from .app import get_node
+from .extension import get_node
 from .responses import add_cors, json_answer, truthy
 
 bp = Blueprint("system", __name__)

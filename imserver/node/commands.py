@@ -1,16 +1,16 @@
 """WebSocket commands: ``cmd`` -> handler. A new command is one ``@commands.register``.
 
-A handler takes (node, connection, data) and returns (code, reply data); an exception
-becomes a 1004 reply and a logged traceback.
+A handler takes (sessions, connection, data) and returns (code, reply data): the node's
+Sessions give it the login, heartbeat, limits and auth it may need. An exception becomes a
+1004 reply and a logged traceback.
 """
 import logging
 import time
 from typing import Any, Callable, Dict, Tuple
 
-from .auth import auth_of
-from .cluster import StoreError
-from .protocol import Code, fold_keys
-from .protocol.envelope import parse_app_id
+from ..cluster import StoreError
+from ..protocol import Code, fold_keys
+from ..protocol.envelope import parse_app_id
 
 Handler = Callable[[Any, Any, Any], Tuple[Code, Any]]
 
@@ -38,7 +38,7 @@ commands = CommandRegistry()
 
 
 @commands.register("login")
-def login(node, conn, data):
+def login(sessions, conn, data):
     if not isinstance(data, dict):
         return Code.PARAMETER_ILLEGAL, None
     fields = fold_keys(data)
@@ -47,18 +47,18 @@ def login(node, conn, data):
     app_id = 0 if raw_app_id is None else parse_app_id(raw_app_id)  # 0: missing, so 1003
     if user_id is not None and not isinstance(user_id, str) or app_id is None:
         return Code.PARAMETER_ILLEGAL, None
-    if not node.valid_user_id(user_id):
+    if not sessions.valid_user_id(user_id):
         return Code.UNAUTHORIZED_USER_ID, None
-    if app_id not in node.app_ids:
+    if app_id not in sessions.app_ids:
         return Code.UNAUTHORIZED, None
-    refused = auth_of(node).check_token(fields.get("servicetoken"), app_id, user_id)
+    refused = sessions.auth.check_token(fields.get("servicetoken"), app_id, user_id)
     if refused:
         log.info("%r: login of appID %d userID %r refused: %s", conn, app_id, user_id, refused)
         return Code.UNAUTHORIZED, None
     if conn.user_id or conn.closing:
         return Code.OPERATION_FAILURE, None
     try:
-        node.login(conn, app_id, user_id)
+        sessions.login(conn, app_id, user_id)
     except StoreError as exc:
         log.warning("%r: login of %s_%s refused, cluster store failed: %s",
                     conn, app_id, user_id, exc)
@@ -67,15 +67,15 @@ def login(node, conn, data):
 
 
 @commands.register("heartbeat")
-def heartbeat(node, conn, data):
+def heartbeat(sessions, conn, data):
     if not conn.user_id:
         return Code.NOT_LOGGED_IN, None
     if data is not None and not isinstance(data, dict):
         return Code.PARAMETER_ILLEGAL, None
-    node.heartbeat(conn, time.time())
+    sessions.heartbeat(conn, time.time())
     return Code.OK, None
 
 
 @commands.register("ping")
-def ping(node, conn, data):
+def ping(sessions, conn, data):
     return Code.OK, "pong"
