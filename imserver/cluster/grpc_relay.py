@@ -55,8 +55,13 @@ def enable_gevent() -> None:
 
 # -- messages to and from protobuf: the only place that knows both shapes ---------------------
 
+# The original's client puts "msg" (or nothing) in ``type`` and its server pushes "text"
+# whatever the field says: a message an original node relays is pushed as it would push it.
+ORIGINAL_TYPES = ("", "msg")
+
+
 def _pushed_type(relayed: str) -> str:
-    return relayed or "text"
+    return "text" if relayed in ORIGINAL_TYPES else relayed
 
 
 def send_msg_request(user_id: str, message: Message) -> pb.SendMsgReq:
@@ -120,7 +125,10 @@ class GrpcRelay(Relay):
     def query_online(self, peer, app_id, user_id) -> bool:
         rsp = self._call(peer, "QueryUsersOnline",
                          pb.QueryUsersOnlineReq(appID=app_id, userID=user_id))
-        return rsp.retCode == Code.OK and rsp.online
+        # ``online`` alone decides: an original node answers retCode 0 with online true (its
+        # server writes the code into the request), and a node of ours never says true
+        # with an error code.
+        return rsp.online
 
     def send_to_user(self, peer, user_id, message) -> bool:
         rsp = self._call(peer, "SendMsg", send_msg_request(user_id, message))
