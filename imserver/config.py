@@ -10,6 +10,7 @@ they start with ``[`` (a YAML list, for rotation), and never appear in an error 
 
 The result is a flat dict keyed by dotted names: ``cfg["app.httpPort"]``.
 """
+import difflib
 import os
 import re
 from typing import Any, Callable, Mapping, Optional
@@ -195,18 +196,57 @@ def _flatten(doc: Mapping, source: str) -> "dict[str, Any]":
     return flat
 
 
+# An unknown key is a typo of the closest known one when this alike (difflib's ratio); a
+# variable of another section is another tool's unless it is very alike (IMSERVER_REDSI_ADDR,
+# not IMSERVER_API_KEY, the variable docs/SECURITY.md uses for the key in a shell).
+_KEY_CUTOFF = 0.75
+_OTHER_SECTION_CUTOFF = 0.85
+
+
+def _closest(word: str, candidates: "dict[str, str]", cutoff: float) -> Optional[str]:
+    """The value of the candidate (keyed in lower case) closest to ``word``, if close enough."""
+    found = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=cutoff)
+    return candidates[found[0]] if found else None
+
+
+def meant_key(section: str, key: str, cutoff: float = _KEY_CUTOFF) -> Optional[str]:
+    """The config key that ``section.key`` (not in SCHEMA) most likely means, or None."""
+    if section.lower() in SECTIONS:
+        same = {d.partition(".")[2].lower(): d for d in SCHEMA
+                if d.partition(".")[0] == section.lower()}
+        return _closest(key, same, cutoff)
+    return _closest(f"{section}.{key}", {d.lower(): d for d in SCHEMA}, cutoff)
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _unknown_key(section: str, key: str) -> str:
+    """What to say about a key that is not in SCHEMA: the one meant, or where to look."""
+    meant = meant_key(section, key)
+    if meant:
+        return f"did you mean {meant}?"
+    if section.lower() not in SECTIONS:
+        return f"the sections are {', '.join(SECTIONS)}"
+    return "docs/CONFIG.md lists every key"
+
+
 def _env_values(env: Mapping[str, str]) -> "dict[str, tuple[Any, str]]":
     found = {}
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         section, _, key = name[len(ENV_PREFIX):].partition("_")
-        if section.lower() not in SECTIONS:
-            continue  # another tool's IMSERVER_* variable
         dotted = _BY_FOLDED.get(f"{section}.{key}".lower())
         if dotted is None:
-            raise ConfigError(f"environment variable {name}: no such config key; "
-                              f"known keys: {', '.join(SCHEMA)}")
+            known_section = section.lower() in SECTIONS
+            meant = meant_key(section, key, _KEY_CUTOFF if known_section else _OTHER_SECTION_CUTOFF)
+            if not known_section and meant is None:
+                continue  # another tool's IMSERVER_* variable
+            hint = (f"did you mean {_env_name(meant)} ({meant})?" if meant
+                    else "docs/CONFIG.md lists every key")
+            raise ConfigError(f"environment variable {name}: no such config key; {hint}")
         if SCHEMA[dotted][1] in _TEXT_CHECKS or (
                 dotted in SECRET_KEYS and not raw.lstrip().startswith("[")):
             value = raw  # text as written: a password of 0123 stays 0123
@@ -217,6 +257,48 @@ def _env_values(env: Mapping[str, str]) -> "dict[str, tuple[Any, str]]":
                 value = raw
         found[dotted] = (value, f"environment variable {name}")
     return found
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> "tuple[Optional[int], str]":
+    """(1-based line of the mistake, what is wrong) for a YAML error. The parser reports
+    where it noticed the problem, which is often a line later: after an unclosed quote or
+    bracket, at the start of the construct; after a key without ':', on that key's line."""
+    problem = getattr(exc, "problem", None) or "not valid YAML"
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return None, problem
+    line = mark.line
+    context = getattr(exc, "context", None) or ""
+    context_mark = getattr(exc, "context_mark", None)
+    lines = text.splitlines()
+    if context_mark is not None and ("quoted scalar" in context or "flow" in context):
+        closer = "quote" if "quoted" in context else "bracket"
+        return context_mark.line + 1, f"a {closer} opened here is not closed"
+    if context_mark is not None and "simple key" in context:
+        return context_mark.line + 1, "a key without ':' (write key: value)"
+    if problem.startswith("mapping values are not allowed"):
+        # "key value\n  other: 1" reads as one value running on to the ':' of the next
+        # line: the mistake is on the line above, a key without ':' or a line indented more
+        # than the key before it.
+        before = line - 1
+        while before >= 0 and (not lines[before].strip() or lines[before].lstrip().startswith("#")):
+            before -= 1
+        here = lines[line] if line < len(lines) else ""
+        above = lines[before] if before >= 0 else ""
+        indent, above_indent = len(here) - len(here.lstrip()), len(above) - len(above.lstrip())
+        has_value = ":" in above and above.split(":", 1)[1].split("#", 1)[0].strip()
+        if above and ":" not in above and above_indent <= indent:
+            return before + 1, "a key without ':' (write key: value)"
+        if has_value and indent > above_indent:
+            return line + 1, "this line is indented more than the key above"
+        return line + 1, "a ':' inside a value: put the value in quotes"
+    if line >= len(lines) and lines:
+        line = len(lines) - 1  # end of the file: the last line is where it went wrong
+    if "found character '\\t'" in problem or "'\t'" in problem:
+        return line + 1, "a tab: indent with spaces"
+    if problem.startswith("expected <block end>"):
+        return line + 1, "the indentation does not match the lines above"
+    return line + 1, problem
 
 
 def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
@@ -233,20 +315,24 @@ def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = N
     if explicit or os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as fh:
-                doc = yaml.safe_load(fh) or {}
+                text = fh.read()
         except OSError as exc:
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path}: not UTF-8 text") from None
+        try:
+            doc = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            line = f" line {where.line + 1}" if where else ""
-            raise ConfigError(f"config file {path}{line}: not valid YAML") from None
+            line, what = _yaml_problem(exc, text)
+            where = f" line {line}" if line else ""
+            raise ConfigError(f"config file {path}{where}: not valid YAML: {what}") from None
         if not isinstance(doc, Mapping):
             raise ConfigError(f"config file {path}: must be a mapping of sections (app:, redis:)")
         for key, value in _flatten(doc, f"config file {path}").items():
             dotted = key if key in SCHEMA else _BY_FOLDED.get(key.lower())
             if dotted is None:
                 raise ConfigError(f"config file {path}: unknown key {key}; "
-                                  f"known keys: {', '.join(SCHEMA)}")
+                                  f"{_unknown_key(*key.split('.', 1))}")
             values[dotted] = (value, f"config file {path}")
     values.update(_env_values(env))
     for key, value in (overrides or {}).items():

@@ -1,5 +1,5 @@
-"""The benchmark peers in bench/peers/ start under gunicorn and keep their contract
-(bench/peers/README.md): the naive server speaks this project's protocol on /acc, the
+"""The benchmark peers in imserver/bench/peers/ start under gunicorn and keep their contract
+(imserver/bench/peers/README.md): the naive server speaks this project's protocol on /acc, the
 Flask-SocketIO server speaks Socket.IO v5 over a real WebSocket."""
 import json
 import os
@@ -16,7 +16,7 @@ import websocket
 
 from support import ROOT, free_port, push, reply, unique_id, wait_until
 
-PEERS = os.path.join(ROOT, "bench", "peers")
+PEERS = os.path.join(ROOT, "imserver", "bench", "peers")
 
 
 class Peer:

@@ -228,13 +228,35 @@ def test_repository_config_file_is_valid():
 
 def test_unknown_key_in_file_is_named(tmp_path):
     message = config_error(tmp_path, "app:\n  httpPort: 8081\n  httpPortt: 8082\n")
-    assert "unknown key app.httpPortt" in message
-    assert str(tmp_path / "app.yaml") in message
+    assert message == (f"config file {tmp_path / 'app.yaml'}: unknown key app.httpPortt; "
+                       "did you mean app.httpPort?")
+
+
+@pytest.mark.parametrize("text,key,meant", [
+    ("app:\n  webSocketport: 1\n", "app.webSocketport", None),  # case only: not an error
+    ("app:\n  websocketPrt: 1\n", "app.websocketPrt", "app.webSocketPort"),
+    ("redsi:\n  addr: x\n", "redsi.addr", "redis.addr"),
+    ("redis:\n  adr: x\n", "redis.adr", "redis.addr"),
+    ("auth:\n  apiKeys: [x]\n", "auth.apiKeys", "auth.apiKey"),
+])
+def test_unknown_key_in_file_suggests_the_key_meant(tmp_path, text, key, meant):
+    if meant is None:
+        load(tmp_path, text)
+        return
+    message = config_error(tmp_path, text)
+    assert message.endswith(f"unknown key {key}; did you mean {meant}?")
+
+
+def test_unknown_key_without_a_close_one_points_to_the_reference(tmp_path):
+    message = config_error(tmp_path, "app:\n  colour: blue\n")
+    assert message == (f"config file {tmp_path / 'app.yaml'}: unknown key app.colour; "
+                       "docs/CONFIG.md lists every key")
+    assert "app.httpPort" not in message  # not the whole list of keys
 
 
 def test_unknown_section_in_file_is_named(tmp_path):
     message = config_error(tmp_path, "mysql:\n  addr: x\n")
-    assert "unknown key mysql.addr" in message
+    assert message.endswith("unknown key mysql.addr; the sections are app, redis, auth")
 
 
 def test_file_that_is_not_a_mapping(tmp_path):
@@ -259,13 +281,28 @@ def test_section_with_every_key_commented_out_is_empty(tmp_path):
 
 def test_invalid_yaml_names_the_line(tmp_path):
     message = config_error(tmp_path, "app:\n  httpPort: 8081\n webSocketPort: 1\n")
-    assert message == f"config file {tmp_path / 'app.yaml'} line 3: not valid YAML"
+    assert message == (f"config file {tmp_path / 'app.yaml'} line 3: not valid YAML: "
+                       "the indentation does not match the lines above")
 
 
-def test_invalid_yaml_unclosed_quote_names_a_line(tmp_path):
-    message = config_error(tmp_path, "app:\n  logLevel: \"info\n")
-    assert message.startswith(f"config file {tmp_path / 'app.yaml'} line ")
-    assert message.endswith(": not valid YAML")
+# The parser notices some mistakes a line later (or at the end of the file); the message
+# names the line the mistake is on.
+@pytest.mark.parametrize("text,line,what", [
+    ("app:\n  logLevel: \"info\n", 2, "a quote opened here is not closed"),
+    ("app:\n  logLevel: 'info\n\n# the end\n", 2, "a quote opened here is not closed"),
+    ("app:\n  appIDs: [101, 102\n  httpPort: 8081\n", 2, "a bracket opened here is not closed"),
+    ("app:\n  httpPort 8081\n  logLevel: info\n", 2, "a key without ':' (write key: value)"),
+    ("app:\n  logLevel: info\n  # ports\n  httpPort 8081\n  rpcPort: 9001\n", 4,
+     "a key without ':' (write key: value)"),
+    ("app:\n  httpPort: 8081\n    webSocketPort: 8089\n", 3,
+     "this line is indented more than the key above"),
+    ("app:\n  logFile: C:/x: y\n", 2, "a ':' inside a value: put the value in quotes"),
+    ("app:\n\thttpPort: 8081\n", 2, "a tab: indent with spaces"),
+], ids=["quote", "quote-then-more", "bracket", "no-colon", "no-colon-after-comment",
+        "over-indented", "colon-in-value", "tab"])
+def test_invalid_yaml_names_the_line_of_the_mistake(tmp_path, text, line, what):
+    message = config_error(tmp_path, text)
+    assert message == f"config file {tmp_path / 'app.yaml'} line {line}: not valid YAML: {what}"
 
 
 def test_missing_explicit_file(tmp_path):
@@ -356,8 +393,8 @@ def test_env_text_value_is_kept_as_written(tmp_path, raw):
 
 def test_unknown_app_env_variable_is_named(tmp_path):
     message = config_error(tmp_path, env={"IMSERVER_APP_NOPE": "1"})
-    assert message.startswith("environment variable IMSERVER_APP_NOPE: no such config key")
-    assert "app.httpPort" in message  # the known keys are listed
+    assert message == ("environment variable IMSERVER_APP_NOPE: no such config key; "
+                       "docs/CONFIG.md lists every key")
 
 
 def test_unknown_redis_env_variable_is_named(tmp_path):
@@ -365,9 +402,25 @@ def test_unknown_redis_env_variable_is_named(tmp_path):
     assert message.startswith("environment variable IMSERVER_REDIS_HOST: no such config key")
 
 
+@pytest.mark.parametrize("name,meant", [
+    ("IMSERVER_APP_HTTPPORTT", "IMSERVER_APP_HTTPPORT (app.httpPort)"),
+    ("IMSERVER_REDIS_ADR", "IMSERVER_REDIS_ADDR (redis.addr)"),
+    # a typo in the section would otherwise pass for another tool's variable
+    ("IMSERVER_REDSI_ADDR", "IMSERVER_REDIS_ADDR (redis.addr)"),
+    ("IMSERVER_RDIS_ADDR", "IMSERVER_REDIS_ADDR (redis.addr)"),
+    ("IMSERVER_AUHT_SECRET", "IMSERVER_AUTH_SECRET (auth.secret)"),
+    ("IMSERVER_APPS_HTTPPORT", "IMSERVER_APP_HTTPPORT (app.httpPort)"),
+])
+def test_misspelt_env_variable_names_the_one_meant(tmp_path, name, meant):
+    message = config_error(tmp_path, env={name: "1"})
+    assert message == f"environment variable {name}: no such config key; did you mean {meant}?"
+
+
 def test_other_imserver_variables_are_ignored(tmp_path):
+    # IMSERVER_API_KEY is the shell variable docs/SECURITY.md passes to curl.
     cfg = load(tmp_path, env={"IMSERVER_TEST_FLAG": "1", "IMSERVER_X": "y", "PATH": "/bin",
-                              "IMSERVERAPP_HTTPPORT": "1"})
+                              "IMSERVERAPP_HTTPPORT": "1", "IMSERVER_API_KEY": "k" * 20,
+                              "IMSERVER_WORKER_INDEX": "2"})
     assert cfg == DEFAULTS
 
 

@@ -109,7 +109,8 @@ def test_invalid_yaml_exits_2_with_the_line(tmp_path):
     result = run(["-m", "imserver", "--config", str(path), "--check"])
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"imserver: config error: config file {path} line 3: not valid YAML"]
+        f"imserver: config error: config file {path} line 3: not valid YAML: the indentation "
+        "does not match the lines above"]
 
 
 def test_unknown_option_exits_2():

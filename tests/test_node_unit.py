@@ -377,13 +377,19 @@ def test_unknown_command_is_1010(cfg):
     ("not json", "", ""),
     ("[1,2]", "", ""),
     ('{"seq":1,"cmd":"ping"}', "", "ping"),
-    ('{"seq":"x"}', "x", ""),
+    ('{"seq":"x","cmd":5}', "x", ""),
     ("[" * 100000, "", ""),
 ])
 def test_bad_request_frame_is_a_1001_reply(node, payload, seq, cmd):
     conn = connect(node)
     node.sessions.dispatch(conn, payload)
     assert conn.decoded() == [reply(seq, cmd, 1001)]
+
+
+def test_request_without_cmd_is_1010(node):
+    conn = connect(node)
+    node.dispatch(conn, '{"seq":"x"}')
+    assert conn.decoded() == [reply("x", "", 1010)]
 
 
 def test_request_with_a_lone_surrogate_is_answered(node):

@@ -122,7 +122,7 @@ def test_json_that_is_not_an_object_is_1001(payload):
     assert (err.seq, err.cmd) == ("", "")
 
 
-@pytest.mark.parametrize("seq_json", ["1", "1.5", "null", "true", "[]", "{}", '["1"]'])
+@pytest.mark.parametrize("seq_json", ["1", "1.5", "true", "[]", "{}", '["1"]'])
 def test_non_string_seq_is_1001_echoing_cmd_only(seq_json):
     err = _reject('{"seq":%s,"cmd":"login"}' % seq_json)
     assert err.code == 1001
@@ -130,22 +130,29 @@ def test_non_string_seq_is_1001_echoing_cmd_only(seq_json):
     assert err.cmd == "login"
 
 
-def test_missing_seq_is_1001_echoing_cmd():
-    err = _reject('{"cmd":"heartbeat","data":{}}')
-    assert (err.code, err.seq, err.cmd) == (1001, "", "heartbeat")
+@pytest.mark.parametrize("payload", ['{"cmd":"heartbeat","data":{}}',
+                                     '{"seq":null,"cmd":"heartbeat","data":{}}'],
+                         ids=["missing", "null"])
+def test_missing_seq_is_empty(payload):
+    # As in the original, whose decoder leaves an absent (or null) string field empty:
+    # clients that send heartbeats without seq must get their 200.
+    assert parse_request(payload) == Request("", "heartbeat", {})
 
 
-def test_missing_cmd_is_1001_echoing_seq():
-    err = _reject('{"seq":"abc"}')
-    assert (err.code, err.seq, err.cmd) == (1001, "abc", "")
+@pytest.mark.parametrize("payload", ['{"seq":"abc"}', '{"seq":"abc","cmd":null}',
+                                     '{"seq":"abc","cmd":""}'],
+                         ids=["missing", "null", "empty"])
+def test_missing_or_empty_cmd_is_empty_for_the_dispatch_to_answer(payload):
+    # The dispatch answers an unknown cmd, "" included, with 1010 as the original does.
+    assert parse_request(payload) == Request("abc", "", None)
 
 
-def test_empty_cmd_is_1001_echoing_seq():
-    err = _reject('{"seq":"abc","cmd":""}')
-    assert (err.code, err.seq, err.cmd) == (1001, "abc", "")
+def test_neither_seq_nor_cmd_is_an_empty_request():
+    assert parse_request('{"data":{"x":1}}') == Request("", "", {"x": 1})
+    assert parse_request("{}") == Request("", "", None)
 
 
-@pytest.mark.parametrize("cmd_json", ["1", "null", "true", "[]", '{"a":1}', '["login"]'])
+@pytest.mark.parametrize("cmd_json", ["1", "true", "[]", '{"a":1}', '["login"]'])
 def test_non_string_cmd_is_1001_echoing_seq_only(cmd_json):
     err = _reject('{"seq":"s-1","cmd":%s}' % cmd_json)
     assert (err.code, err.seq, err.cmd) == (1001, "s-1", "")

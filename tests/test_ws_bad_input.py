@@ -75,14 +75,23 @@ def test_json_that_is_not_an_object_is_1001(node, connect, payload):
 
 
 @pytest.mark.parametrize("frame", [
-    {"cmd": "ping"}, {"seq": 1, "cmd": "ping"}, {"seq": None, "cmd": "ping"},
-    {"seq": ["a"], "cmd": "ping"}, {"seq": {"a": 1}, "cmd": "ping"}, {"seq": True, "cmd": "ping"}],
-    ids=["missing", "number", "null", "list", "object", "bool"])
-def test_seq_missing_or_not_a_string_is_1001(node, connect, frame):
+    {"seq": 1, "cmd": "ping"}, {"seq": ["a"], "cmd": "ping"}, {"seq": {"a": 1}, "cmd": "ping"},
+    {"seq": True, "cmd": "ping"}],
+    ids=["number", "list", "object", "bool"])
+def test_seq_not_a_string_is_1001(node, connect, frame):
     c = connect(node)
     c.send_json(frame)
     # seq cannot be echoed: it is "" (cmd, a valid string, is echoed)
     assert c.recv_frame() == reply("", "ping", 1001)
+    assert_alive(c)
+
+
+@pytest.mark.parametrize("frame", [{"cmd": "ping"}, {"seq": None, "cmd": "ping"}],
+                         ids=["missing", "null"])
+def test_ping_without_seq_is_answered_with_an_empty_seq(node, connect, frame):
+    c = connect(node)
+    c.send_json(frame)
+    assert c.recv_raw()[1].decode() == compact(reply("", "ping", 200, "pong"))
     assert_alive(c)
 
 
@@ -96,10 +105,28 @@ def test_seq_not_a_string_on_login_does_not_log_in(node, connect):
 
 
 @pytest.mark.parametrize("frame", [
-    {"seq": "c1"}, {"seq": "c1", "cmd": ""}, {"seq": "c1", "cmd": 7},
-    {"seq": "c1", "cmd": None}, {"seq": "c1", "cmd": ["ping"]}, {"seq": "c1", "data": {}}],
-    ids=["missing", "empty", "number", "null", "list", "only-data"])
-def test_cmd_missing_or_not_a_string_is_1001(node, connect, frame):
+    {"seq": "c1"}, {"seq": "c1", "cmd": ""}, {"seq": "c1", "cmd": None}, {"seq": "c1", "data": {}}],
+    ids=["missing", "empty", "null", "only-data"])
+def test_cmd_missing_or_empty_is_1010(node, connect, frame):
+    # The original looks "" up in its command table and answers 路由不存在.
+    c = connect(node)
+    c.send_json(frame)
+    assert c.recv_raw()[1].decode() == compact(reply("c1", "", 1010))
+    assert_alive(c)
+
+
+def test_neither_seq_nor_cmd_is_1010(node, connect):
+    c = connect(node)
+    c.send_raw("{}")
+    assert c.recv_frame() == reply("", "", 1010)
+    assert_alive(c)
+
+
+@pytest.mark.parametrize("frame", [
+    {"seq": "c1", "cmd": 7}, {"seq": "c1", "cmd": ["ping"]}, {"seq": "c1", "cmd": {"a": 1}},
+    {"seq": "c1", "cmd": False}],
+    ids=["number", "list", "object", "bool"])
+def test_cmd_not_a_string_is_1001(node, connect, frame):
     c = connect(node)
     c.send_json(frame)
     assert c.recv_frame() == reply("c1", "", 1001)

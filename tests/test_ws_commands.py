@@ -1,6 +1,7 @@
 """The WebSocket commands (login, heartbeat, ping, unknown ones) against a real node,
 checked against PROTOCOL.md: codes, the order of the login checks, the reply envelope."""
 import json
+import time
 
 import pytest
 
@@ -210,6 +211,33 @@ def test_heartbeat_after_login_is_200(node, connect, frame):
     c.send_json(frame)
     _, raw = c.recv_raw()
     assert raw.decode() == '{"seq":"h","cmd":"heartbeat","response":{"code":200,"codeMsg":"Success","data":null}}'
+
+
+@pytest.mark.parametrize("frame", [{"cmd": "heartbeat", "data": {}}, {"cmd": "heartbeat"},
+                                   {"seq": None, "cmd": "heartbeat"}],
+                         ids=["no-seq", "no-seq-no-data", "null-seq"])
+def test_heartbeat_without_seq_is_200_with_an_empty_seq(node, connect, frame):
+    c = connect(node)
+    assert c.login(unique_id())["response"]["code"] == 200
+    c.send_json(frame)
+    _, raw = c.recv_raw()
+    assert raw.decode() == '{"seq":"","cmd":"heartbeat","response":{"code":200,"codeMsg":"Success","data":null}}'
+
+
+def test_heartbeats_without_seq_keep_the_connection_open(make_node, connect):
+    """A client of the original that never sends seq stays connected past the heartbeat
+    timeout, as long as it sends heartbeats."""
+    quick = make_node({"app": {"heartbeatTimeout": 1.5, "sweepInterval": 0.25}})
+    c = connect(quick)
+    user = unique_id()
+    c.send_json({"cmd": "login", "data": login_data(user)})
+    assert c.recv_frame() == reply("", "login")
+    for _ in range(12):  # 3 s, twice the timeout
+        c.send_json({"cmd": "heartbeat", "data": {}})
+        assert c.recv_frame(timeout=2) == reply("", "heartbeat")
+        time.sleep(0.25)
+    assert user in online_users(quick, 101)
+    assert_alive(c)
 
 
 @pytest.mark.parametrize("data", ["x", 1, [], [{}], True], ids=["string", "number", "list",

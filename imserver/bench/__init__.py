@@ -12,5 +12,11 @@ protocol (WebSocket + HTTP API) and measures it.
 - ``coordinator``: spawns the workers, talks to them, sends HTTP pushes;
 - ``procstat``: finds the server processes from a listening port and reads their RSS/CPU;
 - ``scenarios``: connect, idle, broadcast, unicast, churn, suite;
-- ``report``: results.json, results.md and the PNG plots.
+- ``report``: results.json, results.md and the PNG plots;
+- ``soak``: ``python -m imserver.bench soak``, a long run that starts its own Redis and
+  two nodes and injects faults;
+- ``send_floor``: ``python -m imserver.bench.send_floor``, the kernel's cost of one
+  ``send()`` on loopback, the floor under any server's CPU per delivery;
+- ``peers/``: the comparison servers (Flask-SocketIO and a naive gevent-websocket one)
+  and ``python -m imserver.bench.peers.idle_rss``; see peers/README.md.
 """

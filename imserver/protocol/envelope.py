@@ -31,8 +31,12 @@ class ProtocolError(Exception):
 
 
 def parse_request(payload: "str | bytes") -> Request:
-    """Parse one request frame. Raises ProtocolError(1001) for anything that is not
-    a JSON object with a string ``seq`` and a string ``cmd``."""
+    """Parse one request frame. Raises ProtocolError(1001) for anything that is not a JSON
+    object, or whose ``seq`` or ``cmd`` is there but not a string.
+
+    A missing ``seq`` or ``cmd`` (or a JSON null) is ``""``, as the original's decoder has
+    it: a heartbeat without ``seq`` is answered with ``seq`` ``""``, and a frame without
+    ``cmd`` reaches the dispatch, which answers an unknown ``cmd`` with 1010."""
     try:
         obj = _loads(payload)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -41,12 +45,14 @@ def parse_request(payload: "str | bytes") -> Request:
         raise ProtocolError(Code.PARAMETER_ILLEGAL, detail="request must be a JSON object")
     seq = obj.get("seq")
     cmd = obj.get("cmd")
+    seq = "" if seq is None else seq
+    cmd = "" if cmd is None else cmd
     echo_seq = seq if isinstance(seq, str) else ""
     echo_cmd = cmd if isinstance(cmd, str) else ""
     if not isinstance(seq, str):
         raise ProtocolError(Code.PARAMETER_ILLEGAL, echo_seq, echo_cmd, "seq must be a string")
-    if not isinstance(cmd, str) or not cmd:
-        raise ProtocolError(Code.PARAMETER_ILLEGAL, echo_seq, echo_cmd, "cmd must be a non-empty string")
+    if not isinstance(cmd, str):
+        raise ProtocolError(Code.PARAMETER_ILLEGAL, echo_seq, echo_cmd, "cmd must be a string")
     if _may_hold_surrogates(payload):
         # JSON may spell lone UTF-16 surrogates ("\ud800"), which no UTF-8 reply can carry:
         # the echoed fields must be clean; handlers check the data fields they use.

@@ -5,7 +5,7 @@ system CPU per send() of the sender. No server, no Python framing: the floor und
 any server's "CPU per delivery" measured on loopback, where the sender's system time
 also pays for the receiving side of the TCP stack.
 
-    python3 bench/send_floor.py [N=3000] [ROUNDS=40] [BYTES=150]
+    .venv/bin/python -m imserver.bench.send_floor [N=3000] [ROUNDS=40] [BYTES=150]
 """
 import os
 import resource

@@ -11,7 +11,7 @@ the straightforward way with gevent-websocket + Flask, with no care for memory:
   encoded N times);
 - state is plain dicts in the one worker process; rooms are appIDs.
 
-Start it with ``bench/peers/naive_gunicorn.conf.py`` (see README.md beside this file).
+Start it with ``imserver/bench/peers/naive_gunicorn.conf.py`` (see README.md beside this file).
 Environment: PEER_APP_IDS (default "101,102,103,104"), PEER_PRESENCE_MAX_ROOM (default
 1000, as the project; 0 turns enter/exit events off), PEER_HEARTBEAT_TIMEOUT (360 s),
 PEER_SWEEP_INTERVAL (30 s).

@@ -1,6 +1,6 @@
-"""gunicorn settings for the Flask-SocketIO benchmark peer (bench/peers/socketio_server.py).
+"""gunicorn settings for the Flask-SocketIO benchmark peer (imserver/bench/peers/socketio_server.py).
 
-    PEER_PORT=8090 .venv/bin/python -m gunicorn -c bench/peers/socketio_gunicorn.conf.py
+    PEER_PORT=8090 .venv/bin/python -m gunicorn -c imserver/bench/peers/socketio_gunicorn.conf.py
 
 One worker (Socket.IO rooms live in the process; more workers would need a message
 queue and sticky sessions), gevent-websocket's worker, which monkey-patches at start.

@@ -1,6 +1,6 @@
-"""gunicorn settings for the naive benchmark peer (bench/peers/naive_server.py).
+"""gunicorn settings for the naive benchmark peer (imserver/bench/peers/naive_server.py).
 
-    PEER_PORT=8091 .venv/bin/python -m gunicorn -c bench/peers/naive_gunicorn.conf.py
+    PEER_PORT=8091 .venv/bin/python -m gunicorn -c imserver/bench/peers/naive_gunicorn.conf.py
 
 One worker, gevent-websocket's worker (monkey-patches at start); HTTP and the WebSocket
 endpoint /acc share one port. Environment: PEER_PORT (default 8091), PEER_HOST (default

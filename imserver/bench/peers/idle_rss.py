@@ -2,8 +2,8 @@
 loopback port, read the worker's VmRSS, open N logged-in idle connections, read VmRSS
 again, close everything and stop the peer (by its pid).
 
-    .venv/bin/python bench/peers/idle_rss.py naive 2000
-    .venv/bin/python bench/peers/idle_rss.py socketio 2000
+    .venv/bin/python -m imserver.bench.peers.idle_rss naive 2000
+    .venv/bin/python -m imserver.bench.peers.idle_rss socketio 2000
 
 Bounded: N connections, a settle time, then it ends. Presence events are turned off on
 the naive peer (PEER_PRESENCE_MAX_ROOM=0) so that the figure is the idle cost alone.
@@ -26,7 +26,7 @@ import websocket  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 CONF = {"naive": "naive_gunicorn.conf.py", "socketio": "socketio_gunicorn.conf.py"}
 
 

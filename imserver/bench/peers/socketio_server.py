@@ -1,7 +1,7 @@
 """Benchmark peer: the same chat/push service written the way a Python user would
 write it with Flask-SocketIO, on gevent + gevent-websocket under gunicorn.
 
-Start it with ``bench/peers/socketio_gunicorn.conf.py`` (see README.md beside this file).
+Start it with ``imserver/bench/peers/socketio_gunicorn.conf.py`` (see README.md beside this file).
 The contract a load driver relies on:
 
 - Engine.IO v4 / Socket.IO v5 on ``/socket.io/?EIO=4&transport=websocket``; the server
