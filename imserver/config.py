@@ -143,6 +143,8 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.webSocketUrl": ("", _str),
     "app.workers": (1, _int_at_least(1)),
     "app.workerConnections": (1000, _int_at_least(1)),
+    "app.headerTimeout": (5.0, _seconds),
+    "app.maxPendingSockets": (400, _int_at_least(1)),
     "app.maxConnections": (10000, _int_at_least(1)),
     "app.appIDs": ((101, 102, 103, 104), _app_ids),
     "app.maxUserIDLength": (64, _int_at_least(1)),

@@ -23,6 +23,7 @@ from .sessions import Sessions
 log = logging.getLogger("imserver.node")
 
 GAUGES_INTERVAL = 5.0  # seconds between refreshes of the connection and backlog gauges
+LEAVE_TIMEOUT = 5.0  # seconds a stop waits for the store to take the node out of the live set
 
 
 class Node:
@@ -78,20 +79,24 @@ class Node:
         presence.report()
 
     def stop(self) -> None:
-        """Leave the cluster at once, then close every client (they reconnect elsewhere)
-        over app.drainWindow. Returns at once; ``wait_stopped`` waits for the end."""
+        """Leave the cluster, and close every client (they reconnect elsewhere) over
+        app.drainWindow, whatever the store does meanwhile. Returns at once; from its
+        return on, ``wait_stopped`` has the drain to wait for."""
         if self.stopping:
             return
         self.sessions.closing = True
+        # The drain greenlet exists before anything here can yield (a store call does):
+        # a worker's exit hook that comes meanwhile must find it.
+        self._stopper = gevent.spawn(self._drain)
         for g in self._background:
             g.kill(block=False)
-        self.presence.leave()
-        self._stopper = gevent.spawn(self._drain)
 
     def _drain(self) -> None:
-        """Close the clients with 1001 spread over app.drainWindow, so that their reconnects
-        do not all land on the other nodes at once; then write their logouts and close the
-        node's services."""
+        """Leave the registry while closing the clients with 1001 spread over
+        app.drainWindow (so that their reconnects do not all land on the other nodes at
+        once); then write their logouts and close the node's services. A slow or frozen
+        store delays neither the closes nor the end by more than its own timeouts."""
+        leaving = gevent.spawn(self.presence.leave)
         conns = tuple(self.hub.connections.values())
         window = self.cfg["app.drainWindow"]
         steps = max(1, min(len(conns), int(window / 0.05)))
@@ -105,6 +110,7 @@ class Node:
         with gevent.Timeout(CLOSE_TIMEOUT + 1, False):
             while self.hub.connections:
                 gevent.sleep(0.05)
+        leaving.join(LEAVE_TIMEOUT)
         self.presence.flush_records()  # the clients' logouts
         for fn in reversed(self._closers):
             try:

@@ -28,13 +28,14 @@ def plain_get():
 
 
 def admit(app, environ) -> "Optional[tuple[str, bytes]]":
-    """Decide on a WebSocket upgrade before it happens (called by the worker's handler):
-    None to go ahead, or (HTTP status, text body) to refuse it."""
-    if environ.get("PATH_INFO") != "/acc":
-        return None
+    """The one gate of every WebSocket upgrade, whatever its path (called by the worker's
+    handler before the 101): None to go ahead, or (HTTP status, text body) to refuse it.
+    Only ``/acc``, spelled exactly so, upgrades."""
     node = node_of(app)
     if node is None:
         return None
+    if environ.get("PATH_INFO") != "/acc":
+        return "404 Not Found", b"no WebSocket here: connect to /acc\n"
     origin = environ.get("HTTP_ORIGIN")
     if not node.auth.origin_allowed(origin):
         log.info("WebSocket upgrade refused: origin %r is not in auth.origins", origin)
