@@ -60,7 +60,7 @@ def build_node(cfg: dict) -> Node:
 
     store = RedisPresenceStore(connection_pool(
         cfg["redis.url"], cfg["redis.addr"], cfg["redis.password"], cfg["redis.DB"],
-        cfg["redis.poolSize"], cfg["redis.timeout"]))
+        cfg["redis.poolSize"], cfg["redis.timeout"]), cfg["redis.timeout"])
     gevent.spawn(store.warm_up, cfg["redis.minIdleConns"])
     relay = GrpcRelay(cfg["app.rpcTimeout"], metadata=auth.rpc_metadata())
     node = Node(cfg, store, relay, auth, advertise_ip, rpc_port)

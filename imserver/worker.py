@@ -4,7 +4,6 @@ waiting for a request head, requests with ambiguous lengths refused, one access-
 per request, and SIGINT draining the node as SIGTERM does."""
 import logging
 import signal
-import time
 
 import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
@@ -13,26 +12,9 @@ from gevent.pywsgi import _InvalidClientRequest
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from . import metrics
+from .throttle import ThrottledLog
 
 log = logging.getLogger("imserver.worker")
-
-LOG_EVERY = 10.0  # seconds between two log lines about the same kind of refused socket
-
-
-class _RateLimitedLog:
-    """At most one line per LOG_EVERY seconds for one kind of event, with the count since."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.count = 0
-        self.last = float("-inf")
-
-    def __call__(self, *args) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self.last >= LOG_EVERY:
-            log.info(self.text + " (%d since the last such line)", *args, self.count)
-            self.last, self.count = now, 0
 
 
 class AccessLoggedWebSocketHandler(WebSocketHandler):
@@ -45,8 +27,10 @@ class AccessLoggedWebSocketHandler(WebSocketHandler):
     # Handlers waiting for a request head (a new socket, or a kept-alive one between two
     # requests), oldest first. Upgraded WebSockets and requests being served are not here.
     waiting: "dict[AccessLoggedWebSocketHandler, None]" = {}
-    _timed_out_log = _RateLimitedLog("closed a socket that sent no complete request head in %.1fs")
-    _evicted_log = _RateLimitedLog("%d sockets wait for a request head: closed the oldest")
+    _timed_out_log = ThrottledLog(log, logging.INFO,
+                                  "closed a socket that sent no complete request head in %.1fs")
+    _evicted_log = ThrottledLog(log, logging.INFO,
+                                "%d sockets wait for a request head: closed the oldest")
     _head_timer = None
     _served = 0
 

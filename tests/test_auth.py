@@ -340,6 +340,29 @@ def test_rpc_secret(start_cluster_node):
         assert RPC_SECRET not in log_text(proc)
 
 
+def test_refused_grpc_calls_do_not_flood_the_log(start_cluster_node):
+    """2,000 refused calls (a scan, a misconfigured peer) write a line now and then, not one each."""
+    from imserver.cluster.grpc_relay import enable_gevent
+    enable_gevent()
+    import grpc
+    from imserver.cluster.pb import accserver_pb2 as pb
+    from imserver.cluster.pb import accserver_pb2_grpc as pb_grpc
+
+    node = start_cluster_node({"auth": {"rpcSecret": RPC_SECRET}})
+    with grpc.insecure_channel(f"127.0.0.1:{node.rpc_port}") as channel:
+        stub = pb_grpc.AccServerStub(channel)
+        for _ in range(2000):
+            try:
+                stub.GetUserList(pb.GetUserListReq(appID=101), timeout=5)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            else:
+                raise AssertionError("a call without the secret was served")
+    lines = [line for line in log_text(node).splitlines() if "refused gRPC call" in line]
+    assert 1 <= len(lines) <= 3, lines
+    assert "more like it" in lines[-1] or len(lines) == 1
+
+
 # -- WebSocket origins ---------------------------------------------------------------------------
 
 def test_origin_allow_list(make_node):

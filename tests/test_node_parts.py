@@ -214,3 +214,19 @@ def test_the_node_offers_its_peers_its_delivery(cluster_node):
     assert node.delivery.deliver_to_user("alice", Message(101, "1", "msg", "psst", "ops"))
     assert not node.delivery.deliver_to_user("nobody", Message(101, "2", "msg", "psst"))
     assert conn.decoded()[0]["response"]["data"]["msg"] == "psst"
+
+
+# -- throttled log lines ---------------------------------------------------------------------------
+
+def test_a_throttled_log_writes_one_line_per_interval_with_the_count(caplog):
+    from imserver.throttle import ThrottledLog
+    now = [100.0]
+    line = ThrottledLog(logging.getLogger("imserver.test"), logging.WARNING, "refused %s",
+                        every=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="imserver.test"):
+        assert line("a") is True
+        assert [line("b") for _ in range(5)] == [False] * 5
+        now[0] += 10.0
+        assert line("c") is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a", "refused c (5 more like it in the last 10s)"]

@@ -388,7 +388,7 @@ def test_bad_request_frame_is_a_1001_reply(node, payload, seq, cmd):
 
 def test_request_without_cmd_is_1010(node):
     conn = connect(node)
-    node.dispatch(conn, '{"seq":"x"}')
+    node.sessions.dispatch(conn, '{"seq":"x"}')
     assert conn.decoded() == [reply("x", "", 1010)]
 
 

@@ -145,6 +145,10 @@ class Relay(abc.ABC):
     def forget(self, peer: str) -> None:
         """Drop what is kept for an unreachable peer (its channel)."""
 
+    def suspects(self) -> "list[str]":
+        """Peers that stopped answering: calls to them fail at once until one answers."""
+        return []
+
     def close(self) -> None:
         """Close channels."""
 

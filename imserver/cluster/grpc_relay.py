@@ -8,6 +8,7 @@ carries it in the metadata ``x-imserver-secret`` and the server refuses calls wi
 (UNAUTHENTICATED).
 """
 import logging
+import time
 from concurrent import futures
 
 import gevent
@@ -17,6 +18,7 @@ import grpc
 from ..auth import RPC_SECRET_HEADER, rpc_secret_ok
 from ..metrics import GRPC_CALLS, GRPC_ERRORS
 from ..protocol import Code, Message
+from ..throttle import ThrottledLog
 from .base import PeerService, Relay, RelayError
 from .pb import accserver_pb2 as pb
 from .pb import accserver_pb2_grpc as pb_grpc
@@ -41,6 +43,14 @@ CHANNEL_OPTIONS = [
 # gets room for every call a node may have open: outgoing ones are capped below it.
 THREADPOOL_SIZE = 256
 MAX_CALLS_IN_FLIGHT = 128
+
+# A peer that lets this many calls in a row go unanswered (deadline passed, or unavailable)
+# is suspect: calls to it fail at once, and one call every PROBE_EVERY seconds goes through
+# as a probe; the first answer clears it. A frozen node must not cost every call a full
+# deadline for as long as it stays frozen.
+SUSPECT_AFTER = 3
+PROBE_EVERY = 2.0
+NO_ANSWER = ("DEADLINE_EXCEEDED", "UNAVAILABLE")
 
 
 def enable_gevent() -> None:
@@ -87,11 +97,41 @@ def message_of(request) -> Message:
 
 
 class GrpcRelay(Relay):
-    def __init__(self, timeout: float, metadata=()):
+    def __init__(self, timeout: float, metadata=(), clock=time.monotonic):
         self.timeout = timeout
         self._metadata = tuple(metadata)
         self._in_flight = gevent.lock.BoundedSemaphore(MAX_CALLS_IN_FLIGHT)
         self._stubs = {}
+        self._clock = clock
+        self._misses: "dict[str, int]" = {}  # peer -> calls in a row it did not answer
+        self._probe_at: "dict[str, float]" = {}  # suspect peer -> when the next probe may go
+
+    def suspects(self) -> "list[str]":
+        return sorted(p for p, n in self._misses.items() if n >= SUSPECT_AFTER)
+
+    def _admit(self, peer: str, method: str) -> None:
+        """Raise RelayError for a suspect peer, unless this call is its probe."""
+        misses = self._misses.get(peer, 0)
+        if misses < SUSPECT_AFTER:
+            return
+        now = self._clock()
+        if now < self._probe_at.get(peer, 0.0):
+            raise RelayError(peer, f"{peer} {method}: suspect, it did not answer its last "
+                                   f"{misses} calls (probed every {PROBE_EVERY:.0f}s)")
+        self._probe_at[peer] = now + PROBE_EVERY
+
+    def _answered(self, peer: str, answered: bool) -> None:
+        if answered:
+            if self._misses.pop(peer, 0) >= SUSPECT_AFTER:
+                log.info("peer %s answers again", peer)
+            self._probe_at.pop(peer, None)
+            return
+        misses = self._misses[peer] = self._misses.get(peer, 0) + 1
+        if misses >= SUSPECT_AFTER:
+            self._probe_at[peer] = self._clock() + PROBE_EVERY
+        if misses == SUSPECT_AFTER:
+            log.warning("peer %s did not answer %d calls in a row: calls skip it, with a "
+                        "probe every %.0fs", peer, misses, PROBE_EVERY)
 
     def _stub(self, peer: str) -> pb_grpc.AccServerStub:
         stub = self._stubs.get(peer)
@@ -104,19 +144,23 @@ class GrpcRelay(Relay):
     def _call(self, peer: str, method: str, request, timeout=None):
         GRPC_CALLS.labels(peer, method).inc()
         timeout = timeout or self.timeout
+        self._admit(peer, method)
         try:
             # Waiting for a free slot counts against the call's deadline.
             if not self._in_flight.acquire(timeout=timeout):
                 raise RelayError(peer, f"{peer} {method}: {MAX_CALLS_IN_FLIGHT} calls already "
                                        "in flight")
             try:
-                return getattr(self._stub(peer), method)(request, timeout=timeout,
-                                                         metadata=self._metadata)
+                answer = getattr(self._stub(peer), method)(request, timeout=timeout,
+                                                           metadata=self._metadata)
             finally:
                 self._in_flight.release()
+            self._answered(peer, True)
+            return answer
         except grpc.RpcError as exc:
             GRPC_ERRORS.labels(peer, method).inc()
             code = exc.code() if hasattr(exc, "code") else None
+            self._answered(peer, code is not None and code.name not in NO_ANSWER)
             hint = (" (the peer refused this node's auth.rpcSecret: give every node the same one)"
                     if code == grpc.StatusCode.UNAUTHENTICATED else "")
             raise RelayError(peer, f"{peer} {method}: {code.name if code else exc}{hint}",
@@ -172,6 +216,8 @@ class GrpcRelay(Relay):
         return users, failed
 
     def forget(self, peer: str) -> None:
+        self._misses.pop(peer, None)
+        self._probe_at.pop(peer, None)
         stub = self._stubs.pop(peer, None)
         if stub is not None:
             stub.channel.close()
@@ -216,14 +262,16 @@ class SecretInterceptor(grpc.ServerInterceptor):
                           f"missing or wrong {RPC_SECRET_HEADER} metadata (auth.rpcSecret)")
 
         self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+        self._refused_log = ThrottledLog(
+            log, logging.WARNING, "refused gRPC call %s: missing or wrong %s metadata "
+                                  "(auth.rpcSecret)")
 
     def intercept_service(self, continuation, handler_call_details):
         presented = [v for k, v in handler_call_details.invocation_metadata or ()
                      if k == RPC_SECRET_HEADER]
         if len(presented) == 1 and rpc_secret_ok(presented[0], self.secrets):
             return continuation(handler_call_details)
-        log.warning("refused gRPC call %s: missing or wrong %s metadata (auth.rpcSecret)",
-                    handler_call_details.method, RPC_SECRET_HEADER)
+        self._refused_log(handler_call_details.method, RPC_SECRET_HEADER)
         return self._refusal
 
 

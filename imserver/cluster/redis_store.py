@@ -1,15 +1,18 @@
 """PresenceStore on Redis, with the original system's key names and value formats
 (PROTOCOL.md, "Cluster store"), so that nodes of both can share one Redis.
 
-redis-py works under gevent through the patched socket module. Every call is bounded:
-the pool hands out a connection within ``timeout`` seconds, each command answers
-within ``timeout`` seconds, and a failed command is retried once. Any failure becomes
+redis-py works under gevent through the patched socket module. Every call, whatever it
+waits for (a pooled connection, a reconnect, the answer, one retry of a broken pooled
+connection), answers or fails within ``timeout`` seconds. After a call found Redis
+unreachable, calls fail at once for FAIL_FAST seconds instead of each waiting out its own
+timeout (the node's report loop tries again every second). Any failure becomes
 StoreError, which callers answer with a clear code instead of hanging.
 """
 import json
 import time
 from typing import Optional
 
+import gevent
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -21,6 +24,7 @@ SERVERS_KEY = "acc:hash:servers"
 USER_KEY_PREFIX = "acc:user:online:"
 MSG_ID_KEY_PREFIX = "acc:submit:again:seq:"
 ROOM_SIZE_KEY_PREFIX = "acc:hash:room:size:"  # this project's addition: node -> local room size
+FAIL_FAST = 1.0  # seconds calls fail at once after one found Redis unreachable
 
 # A logout replaces the user's record only if the record is still that login's (same node
 # and login time); field names are matched as the original's JSON decoding would.
@@ -62,17 +66,40 @@ def connection_pool(url: str, addr: str, password: str, db: int, pool_size: int,
 
 
 class RedisPresenceStore(PresenceStore):
-    def __init__(self, pool: redis.BlockingConnectionPool, clock=time.time):
+    def __init__(self, pool: redis.BlockingConnectionPool, timeout: float = 1.0,
+                 clock=time.time):
         self._redis = redis.Redis(connection_pool=pool)
         self._clock = clock
+        self._timeout = timeout
         self._logoff = self._redis.register_script(LOGOFF_SCRIPT)
+        self._down_until = float("-inf")  # time.monotonic() until which calls fail at once
+        self._down_reason = ""
 
     def _call(self, fn, *args, **kwargs):
+        if time.monotonic() < self._down_until:
+            REDIS_ERRORS.inc()
+            raise StoreError(f"redis: unreachable a moment ago ({self._down_reason})")
+        deadline = gevent.Timeout(self._timeout)
+        deadline.start()
         try:
             return fn(*args, **kwargs)
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            raise self._unreachable(f"no answer within redis.timeout ({self._timeout:g}s)") from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unreachable(f"{exc.__class__.__name__}: {exc}") from None
         except redis.RedisError as exc:
             REDIS_ERRORS.inc()
             raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from None
+        finally:
+            deadline.close()
+
+    def _unreachable(self, reason: str) -> StoreError:
+        REDIS_ERRORS.inc()
+        self._down_until = time.monotonic() + FAIL_FAST
+        self._down_reason = reason
+        return StoreError(f"redis: {reason}")
 
     def ping(self) -> None:
         self._call(self._redis.ping)

@@ -4,6 +4,7 @@ import itertools
 import logging
 import time
 
+import gevent
 import gevent.pool
 
 from .. import metrics
@@ -12,9 +13,12 @@ from ..connection import send_to_all
 from ..hub import Hub
 from ..protocol import Message
 from ..protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE
+from ..throttle import ThrottledLog
 from .presence import Presence
 
 log = logging.getLogger("imserver.node")
+# A frozen or refusing peer fails every call that touches it: one line now and then.
+relay_failure_log = ThrottledLog(log, logging.WARNING, "relay: %s", every=5.0)
 
 RELAY_CONCURRENCY = 64  # background relays (presence events) under way at once
 PRESENCE_TEXT = {"enter": ENTER_MESSAGE, "exit": EXIT_MESSAGE}
@@ -116,7 +120,7 @@ class Delivery(PeerService):
         """Log failed calls to peers; take the unreachable ones (nothing listens at their
         address) out of the live set at once. A slow or refusing peer is not dropped."""
         for exc in failures:
-            log.warning("relay: %s", exc)
+            relay_failure_log(exc)
             if exc.unreachable:
                 self.relay.forget(exc.peer)
                 self.presence.forget_peer(exc.peer)
@@ -135,14 +139,32 @@ class Delivery(PeerService):
         return users, [exc.peer for exc in failures]
 
     def _remote_home(self, app_id: int, user_id: str) -> "str | None":
-        """The live peer a fresh record places the user on, or None. Raises StoreError."""
+        """The live peer a fresh record places the user on, or None. While the store is
+        getting back data it lost, the peers it does not list again yet are asked.
+        Raises StoreError."""
         record = self.presence.store.get_user(app_id, user_id)
         if not record_is_online(record):
-            return None
+            return self._ask_unconfirmed(app_id, user_id)
         peer = f"{record['accIp']}:{record['accPort']}"
         if peer == self.presence.addr or peer not in self.presence.peers(fresh=True):
             return None
         return peer
+
+    def _ask_unconfirmed(self, app_id: int, user_id: str) -> "str | None":
+        self.presence.peers(fresh=True)  # notices a store that lost its data
+        peers = self.presence.unconfirmed_peers()
+        if not peers:
+            return None
+        asks = {peer: gevent.spawn(self._confirms, peer, app_id, user_id) for peer in peers}
+        gevent.joinall(list(asks.values()))
+        return next((peer for peer, ask in asks.items() if ask.value), None)
+
+    def _confirms(self, peer: str, app_id: int, user_id: str) -> bool:
+        try:
+            return self.relay.query_online(peer, app_id, user_id)
+        except RelayError as exc:
+            self.relay_failed([exc])
+            return False
 
     def is_online(self, app_id: int, user_id: str) -> bool:
         """Online here, or on the live peer its record names, as that peer confirms (a

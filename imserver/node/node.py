@@ -175,6 +175,7 @@ class Node:
                 state["liveNodes"] = self.store.live_nodes()
             except StoreError:
                 state["liveNodes"] = None
+            state["suspectNodes"] = self.relay.suspects()
         if debug:
             state["greenlets"]["total"] = _greenlet_count()
             state.update(self._debug_lists())

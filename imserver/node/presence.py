@@ -3,6 +3,8 @@ writes, reports, room sizes) and what the store says of the other nodes."""
 import logging
 import time
 
+import gevent
+
 from ..cluster import PresenceStore, StoreError, user_record
 from ..hub import Hub
 
@@ -11,6 +13,11 @@ log = logging.getLogger("imserver.node")
 PEERS_TTL = 1.0  # seconds a node trusts its list of live peers
 RECORD_FLUSH_INTERVAL = 0.1  # seconds between batched writes of heartbeat/logout records
 ROOM_SIZE_INTERVAL = 1.0  # seconds between exchanges of room sizes with the peers
+# After the store lost this node's registration (a restart without persistence), the peers
+# known before stay peers until they are registered again, for at most a report interval
+# and this much more (nodes of this project register again within a second; others at
+# their next report).
+REJOIN_GRACE = 5.0
 
 
 class Presence:
@@ -30,6 +37,11 @@ class Presence:
         self._unwritten: "dict[str, dict]" = {}
         self._peers: "list[str]" = []
         self._peers_at = float("-inf")
+        self.registered = False  # the store has listed this node since its last report
+        self._known_peers: "list[str]" = []  # the peers before the store lost its data
+        self._unconfirmed: "list[str]" = []  # known peers the store does not list again yet
+        self._rejoin_until = float("-inf")
+        self._reregistering = None
 
     # -- user records --------------------------------------------------------------------
 
@@ -91,6 +103,7 @@ class Presence:
         after a store outage, write every local user's record again."""
         try:
             registered_anew = self.store.report_node(self.addr)
+            self.registered = True
             if (registered_anew or not self.store_healthy) and self.hub.rooms:
                 # The store was down or lost its data (a restart without persistence).
                 records = [self._record(c, c.heartbeat_time) for room in self.hub.rooms.values()
@@ -110,6 +123,7 @@ class Presence:
 
     def leave(self) -> None:
         """Take this node out of the live set (a clean stop)."""
+        self.registered = False
         try:
             self.store.remove_node(self.addr)
         except StoreError as exc:
@@ -121,6 +135,7 @@ class Presence:
         sizes = {a: len(r) for a, r in self.hub.rooms.items()}
         self.store.report_room_sizes(self.addr, sizes, self.app_ids)
         live = set(self.store.live_nodes())
+        self._check_registration(live)
         self._peer_room_sizes = {
             app_id: sum(n for a, n in self.store.room_sizes(app_id).items()
                         if a != self.addr and a in live)
@@ -142,18 +157,46 @@ class Presence:
     def peers(self, fresh: bool = False) -> "list[str]":
         """Live nodes but this one. Broadcasts take the list as the store said at most
         PEERS_TTL ago (a login burst must not cost one store round trip per presence
-        event); queries ask ``fresh``. Raises StoreError."""
+        event); queries ask ``fresh``. While the store has not yet got back the nodes it
+        lost, the peers known before count too. Raises StoreError."""
         now = time.monotonic()
         if fresh or now - self._peers_at > PEERS_TTL:
-            self._peers = [a for a in self.store.live_nodes() if a != self.addr]
+            live = self.store.live_nodes()
+            self._check_registration(live)
+            found = [a for a in live if a != self.addr]
+            missing = [p for p in self._known_peers if p not in live]
+            if missing and now < self._rejoin_until:
+                self._unconfirmed = missing
+                found += missing
+            else:
+                self._known_peers, self._unconfirmed = found, []
+            self._peers = found
             self._peers_at = now
         return self._peers
+
+    def unconfirmed_peers(self) -> "list[str]":
+        """Peers known before the store lost its data that it does not list again yet."""
+        return list(self._unconfirmed) if time.monotonic() < self._rejoin_until else []
+
+    def _check_registration(self, live) -> None:
+        """The store no longer lists this node, which reported: it lost its data (a
+        restart without persistence, a flush) or a peer took this node for dead. Register
+        again now, not at the next report, and rewrite the users' records."""
+        if not self.registered or self.addr in live:
+            return
+        if time.monotonic() >= self._rejoin_until:
+            log.warning("the cluster store lost node %s: registering again now", self.addr)
+            self._rejoin_until = time.monotonic() + self.report_interval + REJOIN_GRACE
+        if self._reregistering is None or self._reregistering.dead:
+            self.registered = False
+            self._reregistering = gevent.spawn(self.report)
 
     def forget_peer(self, peer: str) -> None:
         """A peer nothing answers at: out of the live set at once (a live node registers
         again at its next report)."""
-        if peer in self._peers:
-            self._peers = [p for p in self._peers if p != peer]
+        self._peers = [p for p in self._peers if p != peer]
+        self._known_peers = [p for p in self._known_peers if p != peer]
+        self._unconfirmed = [p for p in self._unconfirmed if p != peer]
         try:
             self.store.remove_node(peer)
         except StoreError:
