@@ -88,7 +88,7 @@ class Connection:
             pending = b""
         own = sock.dup()
         own.settimeout(None)
-        # The handler must neither read (it drains the socket on exit) nor close our copy.
+        # The handler must neither read what is left on the socket at its exit nor close our copy.
         handler.socket = None
         ws.closed = True  # we do the close handshake ourselves
         return cls(own, handler.client_address, pending, **limits)
