@@ -149,6 +149,7 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.appIDs": ((101, 102, 103, 104), _app_ids),
     "app.maxUserIDLength": (64, _int_at_least(1)),
     "app.maxMessageLength": (16384, _int_at_least(1)),
+    "app.maxBodyBytes": (1 << 20, _int_at_least(1024)),
     "app.maxFrameBytes": (65536, _int_at_least(128)),
     "app.heartbeatTimeout": (360.0, _seconds),
     "app.sweepInterval": (30.0, _seconds),

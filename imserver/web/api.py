@@ -7,7 +7,7 @@ from ..cluster import RelayError, StoreError
 from ..protocol import Code, Message
 from ..protocol.envelope import is_encodable, parse_app_id
 from .extension import get_node
-from .responses import add_cors, json_answer, params
+from .responses import ApiError, add_cors, json_answer, params
 
 bp = Blueprint("api", __name__, url_prefix="/user")
 bp.after_request(add_cors)
@@ -63,21 +63,7 @@ def _bearer_refusal(auth, token: str, route: str) -> str:
 
 
 def unauthorized(detail: str) -> Response:
-    answer = json_answer(Code.UNAUTHORIZED, None, detail)
-    answer.status_code = 401
-    return answer
-
-
-class BadParameter(Exception):
-    def __init__(self, code: Code, detail: str):
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-@bp.errorhandler(BadParameter)
-def bad_parameter(exc: BadParameter):
-    return json_answer(exc.code, None, exc.detail)
+    return json_answer(Code.UNAUTHORIZED, None, detail, status=401)
 
 
 @bp.errorhandler(StoreError)
@@ -94,14 +80,14 @@ def _app_id(p: dict, required: bool = True):
     raw = p.get("appid")
     if raw in (None, ""):
         if required:
-            raise BadParameter(Code.PARAMETER_ILLEGAL, "appID is required")
+            raise ApiError(Code.PARAMETER_ILLEGAL, "appID is required")
         return None
     node = get_node()
     app_id = parse_app_id(raw)
     if app_id is None:
-        raise BadParameter(Code.PARAMETER_ILLEGAL, f"appID must be a whole number, got {raw!r}")
+        raise ApiError(Code.PARAMETER_ILLEGAL, f"appID must be a whole number, got {raw!r}")
     if app_id not in node.app_ids:
-        raise BadParameter(Code.UNAUTHORIZED, "appID must be one of "
+        raise ApiError(Code.UNAUTHORIZED, "appID must be one of "
                            + ", ".join(map(str, sorted(node.app_ids))))
     return app_id
 
@@ -110,12 +96,12 @@ def _text(p: dict, name: str, label: str, required: bool = True) -> str:
     value = p.get(name.lower())
     if value is None or value == "":
         if required:
-            raise BadParameter(Code.PARAMETER_ILLEGAL, f"{label} is required")
+            raise ApiError(Code.PARAMETER_ILLEGAL, f"{label} is required")
         return ""
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise BadParameter(Code.PARAMETER_ILLEGAL, f"{label} must be a string")
+        raise ApiError(Code.PARAMETER_ILLEGAL, f"{label} must be a string")
     if not is_encodable(value):
-        raise BadParameter(Code.PARAMETER_ILLEGAL, f"{label} holds a lone UTF-16 surrogate")
+        raise ApiError(Code.PARAMETER_ILLEGAL, f"{label} holds a lone UTF-16 surrogate")
     return str(value)
 
 
@@ -123,8 +109,8 @@ def _user_id(p: dict, name="userID") -> str:
     user_id = _text(p, name, name)
     sessions = get_node().sessions
     if not sessions.valid_user_id(user_id):
-        raise BadParameter(Code.UNAUTHORIZED_USER_ID,
-                           f"{name} must be 1 to {sessions.max_user_id} characters")
+        raise ApiError(Code.UNAUTHORIZED_USER_ID,
+                       f"{name} must be 1 to {sessions.max_user_id} characters")
     return user_id
 
 
@@ -154,10 +140,10 @@ def _send_fields(p: dict):
     message = _text(p, "message", "message")
     limit = get_node().cfg["app.maxMessageLength"]
     if len(message) > limit:
-        raise BadParameter(Code.PARAMETER_ILLEGAL,
-                           f"message is {len(message)} characters, more than app.maxMessageLength ({limit})")
+        raise ApiError(Code.PARAMETER_ILLEGAL,
+                       f"message is {len(message)} characters, more than app.maxMessageLength ({limit})")
     if len(msg_id) > 256:
-        raise BadParameter(Code.PARAMETER_ILLEGAL, "msgID must be at most 256 characters")
+        raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must be at most 256 characters")
     return msg_id, message
 
 

@@ -8,8 +8,8 @@ from flask import Flask, request
 from .. import runtime
 from ..config import load_config
 from ..protocol import Code
-from . import extension
-from .responses import json_answer
+from . import bodies, extension
+from .responses import ApiError, json_answer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,11 +24,18 @@ def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optio
     app.config["IMSERVER"] = cfg
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    bodies.init_app(app, cfg["app.maxBodyBytes"])
     extension.init_app(app, runtime.start_node(cfg, start=start))
 
     from . import acc, api, home, metrics, system
     for blueprint in (acc.bp, api.bp, system.bp, home.bp, metrics.bp):
         app.register_blueprint(blueprint)
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        answer = exc.answer()
+        answer.headers["Access-Control-Allow-Origin"] = "*"
+        return answer
 
     @app.errorhandler(404)
     @app.errorhandler(405)

@@ -1,0 +1,208 @@
+"""The HTTP API under abuse, on real nodes (docs/SECURITY.md, "What a node promises under
+abuse"): a msgID belongs to its sender, bodies are bounded (chunked ones too), JSON nested
+without end is a 1001, user IDs hold no control characters and the logs write none, and a
+stopping node refuses pushes so that callers send them elsewhere."""
+import json
+import logging
+import logging.config
+import re
+import signal
+import socket
+import time
+import urllib.parse
+
+import pytest
+
+from imserver.logsetup import logging_dict
+from support import Clients, reply, unique_id, wait_until
+from test_auth import API_KEY, NEW, log_text, mint, page_config
+
+JSON_TYPE = "application/json; charset=utf-8"
+MIB = 1 << 20
+
+
+class RawHttp:
+    """One HTTP/1.1 connection on a plain socket: for bodies sent in parts, chunked bodies,
+    bytes urllib refuses to send, and seeing when the node closes."""
+
+    def __init__(self, port, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> bool:
+        """False when the node no longer takes what is sent (it closed)."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def _more(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("closed")
+        self.buf += chunk
+        return chunk
+
+    def response(self, timeout=10) -> "tuple[int, dict, bytes]":
+        """(status, headers with lower-case names, body) of the next response."""
+        self.sock.settimeout(timeout)
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict((k.strip().lower(), v.strip()) for k, _, v in
+                       (line.partition(":") for line in lines[1:]))
+        length = int(headers.get("content-length", 0))
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    def closed_within(self, timeout) -> bool:
+        """True when the node ends the connection within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                if not self.sock.recv(65536):
+                    return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+        return False
+
+    def close(self):
+        self.sock.close()
+
+
+def head(method, path, headers) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def json_error(status, headers, body, code, http_status=200) -> dict:
+    assert status == http_status, body[:300]
+    assert headers["Content-Type" if "Content-Type" in headers else "content-type"] == JSON_TYPE
+    answer = json.loads(body)
+    assert answer["code"] == code and answer["data"] is None and answer["detail"], answer
+    return answer
+
+
+# -- 6. bounded bodies ------------------------------------------------------------------------
+
+def test_bodies_over_max_body_bytes_are_413_json(node):
+    big_json = json.dumps({"appID": 101, "pad": "x" * (2 * MIB)}).encode()
+    big_form = urllib.parse.urlencode({"appID": 101, "pad": "x" * (2 * MIB)}).encode()
+    for path, body, ctype in (("/user/list", big_json, "application/json"),
+                              ("/user/list", big_form, "application/x-www-form-urlencoded"),
+                              ("/system/state", big_json, "application/json")):
+        status, headers, raw = node.request("POST" if path != "/system/state" else "GET", path,
+                                            body=body, headers={"Content-Type": ctype})
+        answer = json_error(status, headers, raw, 1001, http_status=413)
+        assert "app.maxBodyBytes (1048576 bytes)" in answer["detail"]
+        assert headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_a_declared_length_over_the_bound_is_refused_before_the_body(node):
+    conn = RawHttp(node.http_port)
+    try:
+        conn.send(head("POST", "/user/list", {"Content-Type": "application/json",
+                                               "Content-Length": 50 * MIB}))
+        status, headers, body = conn.response(timeout=5)  # not one byte of the body sent
+        json_error(status, headers, body, 1001, http_status=413)
+        assert headers["connection"] == "close"
+        assert conn.closed_within(5)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("ctype,first", [("application/json", b'{"appID":101,"pad":"'),
+                                         ("application/x-www-form-urlencoded", b"appID=101&pad=")])
+def test_a_chunked_body_over_the_bound_is_413_and_the_rest_is_not_read(node, ctype, first):
+    conn = RawHttp(node.http_port)
+    try:
+        conn.send(head("POST", "/user/list", {"Content-Type": ctype,
+                                               "Transfer-Encoding": "chunked"}) + chunk(first))
+        sent, piece = 0, b"x" * 65536
+        while sent < 3 * MIB and conn.send(chunk(piece)):  # no last chunk: it never ends
+            sent += len(piece)
+        status, headers, body = conn.response(timeout=5)
+        answer = json_error(status, headers, body, 1001, http_status=413)
+        assert "app.maxBodyBytes" in answer["detail"]
+        assert conn.closed_within(5), "the node kept reading a body it refused"
+    finally:
+        conn.close()
+
+
+def test_bodies_up_to_the_bound_are_read_chunked_or_not(make_node):
+    proc = make_node({"app": {"maxBodyBytes": 4096}})
+    user = unique_id()
+    with Clients() as connect:
+        assert connect(proc).login(user, 102)["response"]["code"] == 200
+        for size, expected in ((4000, 200), (5000, 413)):
+            form = urllib.parse.urlencode({"appID": 102, "pad": "x" * size})[:size].encode()
+            status, _, body = proc.request("POST", "/user/list", body=form, headers={
+                "Content-Type": "application/x-www-form-urlencoded"})
+            assert status == expected, body
+            conn = RawHttp(proc.http_port)
+            try:
+                conn.send(head("POST", "/user/list", {
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Transfer-Encoding": "chunked"}) + chunk(form[:1000]) + chunk(form[1000:])
+                    + b"0\r\n\r\n")
+                status, _, body = conn.response()
+                assert status == expected, body
+                if expected == 200:  # the chunked form reached the route whole
+                    assert json.loads(body)["data"]["userList"] == [user]
+            finally:
+                conn.close()
+
+
+def peak_rss_kib(pid) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", fh.read()).group(1))
+
+
+def test_big_chunked_bodies_do_not_grow_the_worker(make_node):
+    proc = make_node()
+    worker = proc.worker_pids()[0]
+    proc.get("/user/list", appID=101)
+    before = peak_rss_kib(worker)
+    statuses = []
+    for _ in range(4):
+        conn = RawHttp(proc.http_port)
+        try:
+            conn.send(head("POST", "/user/list", {"Content-Type": "application/json",
+                                                   "Transfer-Encoding": "chunked"}))
+            conn.send(chunk(b'{"appID":101,"pad":"'))
+            piece = chunk(b"x" * (1 << 18))
+            for _ in range(80):  # 20 MiB
+                if not conn.send(piece):
+                    break
+            conn.send(chunk(b'"}') + b"0\r\n\r\n")
+            statuses.append(conn.response()[0])
+        finally:
+            conn.close()
+    grown = (peak_rss_kib(worker) - before) // 1024
+    assert grown < 10, f"the worker's peak memory grew by {grown} MiB"
+    assert statuses == [413] * 4
+
+
+# -- 8. JSON nested without end ---------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/user/list", "/user/online", "/user/sendMessage",
+                                  "/user/sendMessageAll"])
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"appID":' * 100_000 + b"1" + b"}" * 100_000],
+                         ids=["arrays", "objects"])
+def test_json_nested_100000_levels_is_1001(node, path, body):
+    status, headers, raw = node.request("POST", path, body=body,
+                                        headers={"Content-Type": "application/json"})
+    answer = json_error(status, headers, raw, 1001)
+    assert "nested" in answer["detail"]
