@@ -206,3 +206,79 @@ def test_json_nested_100000_levels_is_1001(node, path, body):
                                         headers={"Content-Type": "application/json"})
     answer = json_error(status, headers, raw, 1001)
     assert "nested" in answer["detail"]
+
+
+# -- 7. control characters --------------------------------------------------------------------
+
+CONTROL_IDS = ["a\nb", "x\r\n2024-01-01 00:00:00 CRITICAL forged", "\x1b[31mred", "tab\there",
+               "nul\x00", "del\x7f", "c1\x85", "line\u2028sep", "para\u2029sep"]
+
+
+@pytest.mark.parametrize("user_id", CONTROL_IDS)
+def test_a_user_id_with_control_characters_is_1002(node, user_id):
+    with Clients() as connect:
+        client = connect(node)
+        assert client.request("login", {"appID": 101, "userID": user_id}, seq="c") == reply(
+            "c", "login", 1002)
+        assert client.login(unique_id("名字-é"))["response"]["code"] == 200  # still open
+    for method, path, form in (
+            ("GET", "/user/online", {"appID": 101, "userID": user_id}),
+            ("POST", "/user/sendMessage", {"appID": 101, "userID": user_id, "message": "m"}),
+            ("POST", "/user/sendMessageAll", {"appID": 101, "userID": user_id, "message": "m"})):
+        status, headers, raw = node.request(
+            method, path, params=form if method == "GET" else None,
+            body=urllib.parse.urlencode(form).encode() if method == "POST" else None,
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert "control characters" in json_error(status, headers, raw, 1002)["detail"]
+
+
+def test_a_msg_id_with_control_characters_is_1001(node):
+    answer = node.post("/user/sendMessageAll", appID=101, userID="ops", msgID="m\n1", message="x")
+    assert answer["code"] == 1001 and "msgID" in answer["detail"]
+
+
+LINE_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[\d+\] [A-Z]+ ")
+
+
+def assert_one_line_per_record(text):
+    for line in text.splitlines():
+        assert LINE_START.match(line) or line.startswith("    "), repr(line)
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", text)
+
+
+def test_the_access_log_writes_control_characters_escaped(make_node):
+    proc = make_node()
+    conn = RawHttp(proc.http_port)
+    try:
+        conn.send(b"GET /system/state?x=\x1b[2J HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"User-Agent: agent\x1b[31m\x85end\r\n\r\n")
+        assert conn.response()[0] == 200
+    finally:
+        conn.close()
+    text = wait_until(lambda: "/system/state?x=" in log_text(proc) and log_text(proc),
+                      what="the access log line")
+    assert_one_line_per_record(text)
+    line = next(line for line in text.splitlines() if "/system/state?x=" in line)
+    assert "/system/state?x=\\x1b[2J" in line and '"agent\\x1b[31m\\x85end"' in line, line
+
+
+def test_log_records_are_one_line_each(tmp_path):
+    """The formatter the node's logging config installs (imserver/logsetup.py), writing to a
+    real file: a message cannot start a line of its own; a traceback keeps its lines,
+    indented under its record."""
+    path = tmp_path / "app.log"
+    logging.config.dictConfig(logging_dict({"app.logLevel": "info", "app.logFile": str(path),
+                                            "app.accessLog": True}))
+    try:
+        log = logging.getLogger("imserver.test")
+        log.warning("user %s", "a\n2024-01-01 00:00:00,000 [1] CRITICAL imserver: forged\x1b[2J")
+        try:
+            raise ValueError("bad\nCRITICAL forged")
+        except ValueError:
+            log.exception("failed for %r", "x")
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    text = path.read_text(encoding="utf-8")
+    assert_one_line_per_record(text)
+    assert "user a\\n2024-01-01 00:00:00,000 [1] CRITICAL imserver: forged\\x1b[2J" in text
+    assert "\n    ValueError: bad\n    CRITICAL forged" in text

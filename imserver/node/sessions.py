@@ -10,7 +10,7 @@ from ..auth import Auth
 from ..connection import Connection
 from ..hub import Hub
 from ..protocol import Code, Disconnect, ProtocolError, encode_reply, parse_request
-from ..protocol.envelope import is_encodable
+from ..protocol.envelope import has_control_chars, is_encodable
 from ..protocol.frames import OP_TEXT, FrameError, text_frame
 from .commands import CommandRegistry
 from .delivery import Delivery
@@ -146,8 +146,9 @@ class Sessions:
     # -- its user ------------------------------------------------------------------------
 
     def valid_user_id(self, user_id) -> bool:
+        # No control characters: a user ID is written into logs, records and other pages.
         return (isinstance(user_id, str) and 0 < len(user_id) <= self.max_user_id
-                and is_encodable(user_id))
+                and is_encodable(user_id) and not has_control_chars(user_id))
 
     def login(self, conn: Connection, app_id: int, user_id: str) -> None:
         """Bind the connection to the user; may raise StoreError (then nothing changed).

@@ -69,6 +69,15 @@ def _may_hold_surrogates(payload) -> bool:
     return not isinstance(payload, str) or "\\u" in payload
 
 
+# Characters that break or rewrite a line where text is shown or logged: C0 controls, DEL,
+# C1 controls, and the Unicode line and paragraph separators.
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control_chars(text: str) -> bool:
+    return CONTROL_CHARS.search(text) is not None
+
+
 def is_encodable(value) -> bool:
     """True when ``value`` (a JSON value) can be written as UTF-8."""
     try:

@@ -5,7 +5,7 @@ from flask import Blueprint, Response, request
 
 from ..cluster import RelayError, StoreError
 from ..protocol import Code, Message
-from ..protocol.envelope import is_encodable, parse_app_id
+from ..protocol.envelope import has_control_chars, is_encodable, parse_app_id
 from .extension import get_node
 from .responses import ApiError, add_cors, json_answer, params
 
@@ -109,8 +109,8 @@ def _user_id(p: dict, name="userID") -> str:
     user_id = _text(p, name, name)
     sessions = get_node().sessions
     if not sessions.valid_user_id(user_id):
-        raise ApiError(Code.UNAUTHORIZED_USER_ID,
-                       f"{name} must be 1 to {sessions.max_user_id} characters")
+        raise ApiError(Code.UNAUTHORIZED_USER_ID, f"{name} must be 1 to {sessions.max_user_id} "
+                       "characters, without control characters")
     return user_id
 
 
@@ -144,6 +144,8 @@ def _send_fields(p: dict):
                        f"message is {len(message)} characters, more than app.maxMessageLength ({limit})")
     if len(msg_id) > 256:
         raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must be at most 256 characters")
+    if has_control_chars(msg_id):
+        raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must not hold control characters")
     return msg_id, message
 
 
