@@ -94,6 +94,67 @@ def json_error(status, headers, body, code, http_status=200) -> dict:
     return answer
 
 
+# -- 5. a msgID belongs to its sender ---------------------------------------------------------
+
+def send(proc, path, headers, **form):
+    status, _, body = proc.request("POST", path, body=urllib.parse.urlencode(form).encode(),
+                                   headers={"Content-Type": "application/x-www-form-urlencoded",
+                                            **headers})
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_a_guest_cannot_squat_the_back_ends_msg_id(start_cluster_node, redis_server):
+    proc = start_cluster_node({"auth": {"secret": NEW, "apiKey": API_KEY}})
+    redis = redis_server.client()
+    key = {"X-API-Key": API_KEY}
+    member = unique_id("member")
+    with Clients() as connect:
+        client = connect(proc)
+        assert client.login(member, 101, mint(member))["response"]["code"] == 200
+        guest = page_config(proc)[0]  # what anyone who loads the chat page gets
+        bearer = {"Authorization": "Bearer " + guest["token"]}
+        answer = send(proc, "/user/sendMessageAll", bearer, appID=101, userID=guest["userID"],
+                      msgID="order-1", message="squat")
+        assert answer["data"] == {"sendResults": True}
+        assert client.push("msg")["response"]["data"]["msg"] == "squat"
+
+        # the back end's send with the same msgID is its own, and delivered
+        answer = send(proc, "/user/sendMessage", key, appID=101, userID=member,
+                      msgID="order-1", message="your order shipped")
+        assert answer["data"] == {"sendResults": True}, answer
+        frame = client.push("msg")
+        assert (frame["seq"], frame["response"]["data"]["msg"]) == ("order-1", "your order shipped")
+        # ... in the original's key, shared with the original's nodes
+        assert redis.get("acc:submit:again:seq:order-1") == "1"
+        assert redis.get(f"acc:submit:again:seq:\x1f101\x1f{guest['userID']}\x1forder-1") == "1"
+
+        # each sender's repeat is still a duplicate, and delivers nothing
+        duplicate = {"sendResults": False, "duplicate": True}
+        assert send(proc, "/user/sendMessage", key, appID=101, userID=member, msgID="order-1",
+                    message="again")["data"] == duplicate
+        assert send(proc, "/user/sendMessageAll", bearer, appID=101, userID=guest["userID"],
+                    msgID="order-1", message="again")["data"] == duplicate
+        assert client.flush() == []
+
+        # nor can one guest suppress another's, or the back end a guest's
+        other = page_config(proc)[0]
+        answer = send(proc, "/user/sendMessageAll", {"Authorization": "Bearer " + other["token"]},
+                      appID=101, userID=other["userID"], msgID="order-1", message="mine")
+        assert answer["data"] == {"sendResults": True}
+        assert client.push("msg")["response"]["data"]["msg"] == "mine"
+        assert send(proc, "/user/sendMessageAll", key, appID=101, userID="ops", msgID="order-2",
+                    message="ops")["data"] == {"sendResults": True}
+        assert send(proc, "/user/sendMessageAll", bearer, appID=101, userID=guest["userID"],
+                    msgID="order-2", message="guest")["data"] == {"sendResults": True}
+        assert [f["response"]["data"]["msg"] for f in client.flush()] == ["ops", "guest"]
+
+        # no msgID can reach into a user's own ids
+        answer = send(proc, "/user/sendMessage", key, appID=101, userID=member,
+                      msgID=f"\x1f101\x1f{guest['userID']}\x1forder-3", message="x")
+        assert answer["code"] == 1001 and "control characters" in answer["detail"]
+
+
 # -- 6. bounded bodies ------------------------------------------------------------------------
 
 def test_bodies_over_max_body_bytes_are_413_json(node):

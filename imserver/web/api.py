@@ -1,7 +1,7 @@
 """The HTTP API for back-end systems: who is online, and pushes to a user or a room."""
 import time
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 
 from ..cluster import RelayError, StoreError
 from ..protocol import Code, Message
@@ -57,8 +57,10 @@ def _bearer_refusal(auth, token: str, route: str) -> str:
     if app_id is None or app_id != parse_app_id(p.get("appid")):
         return "the token is for another appID"
     user_id = claims.get("userID")
-    if route == "api.send_message_all" and (user_id is None or user_id != p.get("userid")):
-        return "the token is for another userID than the sender"
+    if route == "api.send_message_all":
+        if user_id is None or user_id != p.get("userid"):
+            return "the token is for another userID than the sender"
+        g.msg_id_owner = (app_id, user_id)  # this send's msgID is the user's own
     return ""
 
 
@@ -155,11 +157,27 @@ def _message(delivery, app_id: int, msg_id: str, text: str, sender: str) -> Mess
                    msg_id=msg_id, time=time.time())
 
 
-def _claim(delivery, msg_id: str) -> "tuple[bool, str]":
+# Separates the parts of a user's own msgID claim. Neither a userID nor a msgID may hold it,
+# so a user's claims can never equal the back end's or another user's.
+OWNER_SEPARATOR = "\x1f"
+
+
+def _claim_id(msg_id: str) -> str:
+    """The id this send claims: a msgID of the back end (the API key, or anyone when the
+    API is open) as it is, in the key the original nodes use too; a msgID of a user who
+    sends with a login token within that user's own ids (``<sep>appID<sep>userID<sep>msgID``),
+    so that nobody can claim, and so suppress, another sender's msgID."""
+    owner = g.get("msg_id_owner")
+    if not msg_id or owner is None:
+        return msg_id
+    return OWNER_SEPARATOR.join(("", str(owner[0]), owner[1], msg_id))
+
+
+def _claim(delivery, claim_id: str) -> "tuple[bool, str]":
     """(msgID is new, store error text). Without the store, a send is delivered anyway
     (at least once rather than lost): users of this node keep chatting through an outage."""
     try:
-        return delivery.claim_msg_id(msg_id), ""
+        return delivery.claim_msg_id(claim_id), ""
     except StoreError as exc:
         return True, f"cluster store unavailable ({exc}); msgID not deduplicated"
 
@@ -172,17 +190,18 @@ def send_message():
     msg_id, text = _send_fields(p)
     sender = _text(p, "from", "from", required=False)
     delivery = get_node().delivery
-    fresh, store_error = _claim(delivery, msg_id)
+    claim_id = _claim_id(msg_id)
+    fresh, store_error = _claim(delivery, claim_id)
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
     message = _message(delivery, app_id, msg_id, text, sender)
     try:
         delivered, reason = delivery.push_to_user(user_id, message)
     except (StoreError, RelayError):
-        delivery.release_msg_id(msg_id)  # a later retry may still deliver it
+        delivery.release_msg_id(claim_id)  # a later retry may still deliver it
         raise
     if not delivered:
-        delivery.release_msg_id(msg_id)
+        delivery.release_msg_id(claim_id)
         return json_answer(data={"sendResults": False, "sendResultsErr": reason})
     data = {"sendResults": True}
     if store_error:
@@ -197,7 +216,7 @@ def send_message_all():
     sender = _user_id(p)
     msg_id, text = _send_fields(p)
     delivery = get_node().delivery
-    fresh, store_error = _claim(delivery, msg_id)
+    fresh, store_error = _claim(delivery, _claim_id(msg_id))
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
     data = {"sendResults": True}
