@@ -343,3 +343,38 @@ def test_log_records_are_one_line_each(tmp_path):
     assert_one_line_per_record(text)
     assert "user a\\n2024-01-01 00:00:00,000 [1] CRITICAL imserver: forged\\x1b[2J" in text
     assert "\n    ValueError: bad\n    CRITICAL forged" in text
+
+
+# -- a stopping node refuses pushes ------------------------------------------------------------
+
+def test_a_stopping_node_refuses_pushes_with_503_and_1102(make_node):
+    proc = make_node({"app": {"drainWindow": 30}})  # drains for 30 s: stopping all along
+    user = unique_id()
+    with Clients() as connect:
+        client = connect(proc)
+        assert client.login(user, 101)["response"]["code"] == 200
+        assert proc.post("/user/sendMessage", appID=101, userID=user, message="before")[
+            "data"] == {"sendResults": True}
+        # Two pushes under way when the stop comes: their bodies are still arriving.
+        pushes = []
+        for path, form in (("/user/sendMessage", {"appID": 101, "userID": user}),
+                           ("/user/sendMessageAll", {"appID": 101, "userID": "ops"})):
+            body = urllib.parse.urlencode({**form, "msgID": unique_id("m"),
+                                           "message": "during"}).encode()
+            conn = RawHttp(proc.http_port, timeout=15)
+            conn.send(head("POST", path, {"Content-Type": "application/x-www-form-urlencoded",
+                                          "Content-Length": len(body)}) + body[:5])
+            pushes.append((conn, body))
+        try:
+            proc.proc.send_signal(signal.SIGTERM)
+            assert client.wait_closed(10)[0] == 1001  # the node is stopping
+            for conn, body in pushes:
+                conn.send(body[5:])
+                status, headers, raw = conn.response()
+                answer = json_error(status, headers, raw, 1102, http_status=503)
+                assert answer["msg"] == "节点正在关闭" and "another node" in answer["detail"]
+                assert headers["connection"] == "close"
+        finally:
+            for conn, _ in pushes:
+                conn.close()
+            proc.stop(signal.SIGQUIT)  # not the 30 s drain

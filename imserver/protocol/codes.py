@@ -17,6 +17,7 @@ class Code(IntEnum):
     ROUTING_NOT_EXIST = 1010
     NODE_UNREACHABLE = 1100
     RATE_LIMITED = 1101
+    NODE_STOPPING = 1102
 
     @property
     def message(self) -> str:
@@ -38,6 +39,7 @@ _MESSAGES = {
     Code.ROUTING_NOT_EXIST: "路由不存在",
     Code.NODE_UNREACHABLE: "节点不可达",
     Code.RATE_LIMITED: "请求过于频繁",
+    Code.NODE_STOPPING: "节点正在关闭",
 }
 
 

@@ -182,6 +182,14 @@ def _claim(delivery, claim_id: str) -> "tuple[bool, str]":
         return True, f"cluster store unavailable ({exc}); msgID not deduplicated"
 
 
+def _refuse_while_stopping() -> None:
+    """A stopping node takes no more pushes: its clients are leaving, and a caller told so
+    (HTTP 503, code 1102) sends again to another node (nginx does it on its own)."""
+    if get_node().stopping:
+        raise ApiError(Code.NODE_STOPPING, "this node is shutting down and delivers no more "
+                       "messages: send again, to another node", status=503, close=True)
+
+
 @bp.route("/sendMessage", methods=["POST", "OPTIONS"])
 def send_message():
     p = params()
@@ -189,6 +197,7 @@ def send_message():
     user_id = _user_id(p)
     msg_id, text = _send_fields(p)
     sender = _text(p, "from", "from", required=False)
+    _refuse_while_stopping()
     delivery = get_node().delivery
     claim_id = _claim_id(msg_id)
     fresh, store_error = _claim(delivery, claim_id)
@@ -215,6 +224,7 @@ def send_message_all():
     app_id = _app_id(p)
     sender = _user_id(p)
     msg_id, text = _send_fields(p)
+    _refuse_while_stopping()
     delivery = get_node().delivery
     fresh, store_error = _claim(delivery, _claim_id(msg_id))
     if not fresh:
