@@ -1,6 +1,9 @@
 """deploy/nginx.conf in front of two cluster nodes: the production file, run by a real nginx
 with only its ports and paths rewritten (tests/nginx_support.py). WebSocket clients and the
-chat page in Chromium reach both nodes through one address and talk across them."""
+chat page in Chromium reach both nodes through one address and talk across them; the
+operators' routes answer only the machine itself."""
+import http.client
+import json
 import re
 
 import pytest
@@ -137,3 +140,57 @@ def test_chat_page_through_nginx_with_its_two_pages_on_different_nodes(
     redis = redis_server.client()
     ports = {name: int(online_record(redis, 101, name)["accPort"]) for name in (name_a, name_b)}
     assert set(ports.values()) == {n.rpc_port for n in nodes}, ports
+
+
+# -- operators' routes and pushes ---------------------------------------------------------------
+
+def test_deploy_conf_keeps_state_and_metrics_to_this_machine_and_resends_refused_pushes():
+    with open(DEPLOY_CONF, encoding="utf-8") as fh:
+        conf = re.sub(r"#[^\n]*", "", fh.read())
+    for path in ("/system/", "/metrics"):
+        block = re.search(r"location\s+\^~\s+" + re.escape(path) + r"\s*\{(.*?)\}", conf, re.S)
+        assert block, f"no location ^~ {path}"
+        lines = [line.strip() for line in block.group(1).splitlines() if line.strip()]
+        assert lines[:3] == ["allow 127.0.0.1;", "allow ::1;", "deny all;"], lines
+        assert "proxy_pass http://imserver_http;" in lines
+    push = re.search(r"location\s+~\s+\^/user/sendMessage\(All\)\?\$\s*\{(.*?)\}", conf, re.S)
+    assert push, "no location for the pushes"
+    directive = re.search(r"proxy_next_upstream\s+([^;]+);", push.group(1)).group(1).split()
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(directive), directive
+
+
+def request_from(nginx, source, method, path, body=None):
+    """(status, body) of one request to nginx from the loopback address ``source``."""
+    conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_state_and_metrics_answer_only_this_machine_through_nginx(make_node, start_nginx):
+    nginx = start_nginx([make_node()])
+    operators = ["/system/state", "/system/state?isDebug=true", "/metrics"]
+    for path in operators:
+        status, body = request_from(nginx, "127.0.0.1", "GET", path)
+        assert status == 200, (path, body[:200])
+    assert json.loads(request_from(nginx, "127.0.0.1", "GET", operators[1])[1])["data"][
+        "connectionList"] == []
+    # another address, however it spells the path: nginx's 403, nothing from the node
+    spellings = ["//system/state?isDebug=true", "/system/%73tate?isDebug=true",
+                 "/system/./state?isDebug=true", "/system/x/../state", "/metrics/", "//metrics"]
+    for path in operators + spellings:
+        status, body = request_from(nginx, "127.0.0.2", "GET", path)
+        assert status == 403, (path, status, body[:200])
+    # the rest stays open to everyone
+    status, body = request_from(nginx, "127.0.0.2", "GET", "/user/list?appID=101")
+    assert status == 200 and json.loads(body)["code"] == 200
+    status, body = request_from(nginx, "127.0.0.2", "POST", "/user/sendMessageAll",
+                                b"appID=101&userID=ops&msgID=" + unique_id("m").encode()
+                                + b"&message=hi")
+    assert status == 200 and json.loads(body)["data"] == {"sendResults": True}, body
+
