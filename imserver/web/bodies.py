@@ -19,8 +19,8 @@ def init_app(app: Flask, limit: int) -> None:
     # cover what it leaves: a body no route reads, and a chunked body, which werkzeug cuts
     # off at the bound without a word.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_FORM_MEMORY_SIZE"] = limit
-    detail = (f"the request body is larger than app.maxBodyBytes ({limit} bytes), or its form "
-              f"has more than {app.config['MAX_FORM_PARTS']} fields")
+    detail = (f"the request body is larger than app.maxBodyBytes ({limit} bytes), or its "
+              f"multipart form has more than {app.config['MAX_FORM_PARTS']} parts")
 
     @app.before_request
     def bound_the_body():
