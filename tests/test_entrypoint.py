@@ -341,15 +341,20 @@ def test_log_level_info_has_no_debug_lines(tmp_path):
     assert " DEBUG " not in node.output()
 
 
-def test_websocket_connection_gets_an_access_line(tmp_path):
+def test_websocket_connection_gets_an_access_line_at_the_handshake(tmp_path):
+    """docs/CONFIG.md (app.accessLog): the line is written at the handshake, so it is there
+    while the connection is still open, and it is the only one."""
     node = _start_logging_node(tmp_path, "wslog", logLevel="info")
     log_file = node.config["app"]["logFile"]
+    ws_line = re.compile(r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /acc HTTP/1\.1" 101 ')
     try:
         client = node.client()
         assert client.request("ping")["response"]["data"] == "pong"
-        client.close()
-        ws_line = re.compile(r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /acc HTTP/1\.1" 101 ')
         assert wait_for(lambda: ws_line.search(read(log_file))), read(log_file)
+        assert client.request("ping")["response"]["data"] == "pong"  # still open
+        client.close()
+        time.sleep(0.5)
+        assert len(ws_line.findall(read(log_file))) == 1
     finally:
         node.stop()
 
