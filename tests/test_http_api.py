@@ -270,6 +270,30 @@ def test_send_message_all_empty_msg_id_is_never_deduplicated(node, connect):
     assert mine[0]["seq"] != mine[1]["seq"]
 
 
+def test_markup_characters_are_written_as_they_are(node, connect):
+    """<, > and & travel as themselves in frames and answers (the original writes them as
+    \\u003c, \\u003e, \\u0026: the same JSON strings). docs/PROTOCOL.md lists this."""
+    sender, receiver = unique_id("m<&>"), unique_id("r")
+    client = login(connect, node, receiver, 104)
+    text = "<b>fish & chips</b>"
+    status, _, body = call(node, "POST", "/user/sendMessage",
+                           {"appID": 104, "userID": receiver, "message": text, "from": sender},
+                           "form")
+    assert status == 200 and b"\\u00" not in body
+    _, raw = client.recv_raw()
+    assert f'"msg":"{text}","from":"{sender}"'.encode() in raw
+    status, _, body = node.request("GET", "/user/online", params={"appID": 104, "userID": sender})
+    assert f'"userID":"{sender}"'.encode() in body
+
+
+def test_user_list_without_app_id_exact_answer(node):
+    """The original answers 200 with the (empty) list of appID 0; docs/PROTOCOL.md lists this."""
+    status, _, body = node.request("GET", "/user/list")
+    assert status == 200
+    assert body.decode() == compact({"code": 1001, "msg": "参数不合法", "data": None,
+                                     "detail": "appID is required"})
+
+
 # -- bad parameters ------------------------------------------------------------------------
 
 LONG = "x" * 65
