@@ -18,7 +18,8 @@ from gevent import subprocess
 from gevent.event import AsyncResult
 from gevent.queue import LifoQueue, Empty
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .harness import ROOT
+
 
 
 class WorkerError(Exception):
