@@ -19,6 +19,7 @@ from gevent.event import AsyncResult
 from gevent.queue import LifoQueue, Empty
 
 from .harness import ROOT
+from .jsonlines import encode, messages
 
 
 
@@ -43,14 +44,8 @@ class WorkerProcess:
         self.alive = True
 
     def _read(self):
-        stdout = self.proc.stdout
-        while True:
-            line = stdout.readline()
-            if not line:
-                break
-            try:
-                msg = json.loads(line)
-            except ValueError:
+        for msg in messages(self.proc.stdout.readline):
+            if not isinstance(msg, dict):
                 continue
             waiter = self._waiting.pop(msg.get("id"), None)
             if waiter is not None:
@@ -67,9 +62,8 @@ class WorkerProcess:
             result.set({"ok": False, "error": f"worker {self.wid} is gone"})
             return result
         self._waiting[rid] = result
-        line = json.dumps({"id": rid, "cmd": cmd, **kw}, separators=(",", ":")) + "\n"
         try:
-            self.proc.stdin.write(line.encode())
+            self.proc.stdin.write(encode({"id": rid, "cmd": cmd, **kw}))
             self.proc.stdin.flush()
         except (OSError, ValueError) as exc:
             self._waiting.pop(rid, None)

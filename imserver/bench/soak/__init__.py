@@ -41,7 +41,9 @@ reasons on stderr and in results.json), 2 when the run could not be set up, 3 wh
 Output in ``--out``: results.json, results.md, rss.png (RSS over time with the events),
 sends.jsonl (every send and its answer), and the nodes' and Redis's logs.
 """
-from .options import NAME, add_parser  # noqa: F401
-from .memory import rss_limit_kb  # noqa: F401
-from .run import main  # noqa: F401
-from .traffic import classify_answer  # noqa: F401
+from .memory import rss_limit_kb
+from .options import NAME, add_parser
+from .run import main
+from .traffic import classify_answer
+
+__all__ = ["NAME", "add_parser", "main", "classify_answer", "rss_limit_kb"]

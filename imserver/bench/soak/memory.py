@@ -1,6 +1,5 @@
 """Node A's worker memory over the run: samples every ``--sample-interval``, the baseline
 before churn, the end after the settle, and the limit the end must stay under."""
-from .. import procstat
 
 
 def rss_limit_kb(baseline_kb: float, pct: float, mb: float) -> float:
