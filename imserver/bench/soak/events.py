@@ -34,8 +34,10 @@ class Director:
         if not ctx.sleep_until(2 * third):
             return
         node_b = self.cluster.node_b
-        ctx.event("node_b_kill", pids=node_b.kill())
+        # The window opens first: the churners' connections end while the kill is under
+        # way, and those ends belong to it.
         ctx.open_window("node_b_down")
+        ctx.event("node_b_kill", pids=node_b.kill())
         if ctx.stopping.wait(a.node_down):
             return
         node_b.start()
