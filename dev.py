@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Set-up and everyday commands for a checkout; needs only Python 3.11+.
 
-    python3 dev.py run  [--config FILE]   start a node (creates .venv on first use)
+    python3 dev.py run  [--config FILE] [--check]
+                                          start a node for development, listening on
+                                          127.0.0.1 only unless app.host is set (e.g.
+                                          IMSERVER_APP_HOST=0.0.0.0); creates .venv on
+                                          first use
     python3 dev.py test [PYTEST ARGS]     run the test suite (installs what it needs)
 
 Both create the virtual environment ``.venv`` from requirements.txt when it is missing
@@ -68,7 +72,9 @@ def main(argv) -> int:
     ensure_venv()
     os.chdir(ROOT)
     if command == "run":
-        os.execv(PY, [PY, "-m", "imserver", *rest])
+        # --dev: loopback unless app.host is set, so that a node started for development
+        # does not offer its open push API to the network.
+        os.execv(PY, [PY, "-m", "imserver", "--dev", *rest])
     ensure_system_packages()
     # pytest runs under gevent's monkey-patching from its first import, as the node does.
     os.execv(PY, [PY, "-m", "gevent.monkey", "--module", "pytest", *rest])

@@ -304,14 +304,9 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> "tuple[Optional[int], str]"
     return line + 1, problem
 
 
-def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
-                overrides: Optional[Mapping[str, Any]] = None) -> "dict[str, Any]":
-    """Defaults, then the YAML file, then ``IMSERVER_*`` variables, then ``overrides``.
-
-    ``path`` defaults to $IMSERVER_CONFIG, else ``config/app.yaml`` when it exists.
-    Raises ConfigError with a one-line message naming the key.
-    """
-    env = os.environ if env is None else env
+def _given_values(path: Optional[str], env: Mapping[str, str],
+                  overrides: Optional[Mapping[str, Any]]) -> "dict[str, tuple[Any, str]]":
+    """key -> (value as given, where it came from), for the keys that are set."""
     explicit = path or env.get(CONFIG_ENV)
     path = explicit or DEFAULT_PATH
     values: "dict[str, tuple[Any, str]]" = {}
@@ -342,7 +337,25 @@ def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = N
         if key not in SCHEMA:
             raise ConfigError(f"overrides: unknown key {key}")
         values[key] = (value, "overrides")
+    return values
 
+
+def given_keys(path: Optional[str] = None,
+               env: Optional[Mapping[str, str]] = None) -> "dict[str, str]":
+    """The keys the file or the environment set (not left to the defaults) -> where."""
+    env = os.environ if env is None else env
+    return {key: source for key, (_, source) in _given_values(path, env, None).items()}
+
+
+def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                overrides: Optional[Mapping[str, Any]] = None) -> "dict[str, Any]":
+    """Defaults, then the YAML file, then ``IMSERVER_*`` variables, then ``overrides``.
+
+    ``path`` defaults to $IMSERVER_CONFIG, else ``config/app.yaml`` when it exists.
+    Raises ConfigError with a one-line message naming the key.
+    """
+    env = os.environ if env is None else env
+    values = _given_values(path, env, overrides)
     cfg = {}
     for key, (default, check) in SCHEMA.items():
         if key not in values:

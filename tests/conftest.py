@@ -64,32 +64,10 @@ def free_rpc_ports():
     of an n-worker node (app.rpcPort + worker index). They are picked below the kernel's
     ephemeral range: on a busy machine an outgoing connection may take an ephemeral port
     between the check and the node's bind (gRPC binds the wildcard address)."""
-    import random
-    import socket
+    from imserver.bench.harness import low_ports
 
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            ephemeral_low = int(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    low, high = 20000, max(ephemeral_low, 21000)
-    family, wildcard = ((socket.AF_INET6, "::") if socket.has_ipv6 else
-                        (socket.AF_INET, "0.0.0.0"))
-
-    def bindable(port):
-        try:
-            with socket.socket(family) as s:
-                s.bind((wildcard, port))
-            return True
-        except OSError:
-            return False
-
-    def first(n=1, attempts=200):
-        for _ in range(attempts):
-            base = random.randrange(low, high - n)
-            if all(bindable(p) for p in range(base, base + n)):
-                return base
-        raise RuntimeError(f"no {n} consecutive free ports in {low}-{high}")
+    def first(n=1):
+        return low_ports(n, consecutive=True)[0]
 
     return first
 

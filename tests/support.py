@@ -3,27 +3,16 @@ import base64
 import itertools
 import json
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 
 import websocket
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from imserver.bench import harness
+from imserver.bench.harness import ROOT, free_port  # noqa: F401  (the tests import them here)
 
 
 def unique_id(prefix="u") -> str:
@@ -34,14 +23,10 @@ def unique_id(prefix="u") -> str:
 def wait_until(predicate, timeout=5.0, interval=0.05, what="condition"):
     """Poll ``predicate`` until it returns something truthy (returned); AssertionError
     with its last value after ``timeout`` seconds."""
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.time() >= deadline:
-            raise AssertionError(f"{what} not met within {timeout}s (last: {value!r})")
-        time.sleep(interval)
+    try:
+        return harness.wait_until(predicate, timeout, interval, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 CODE_MSG = {200: "Success", 1000: "未登录", 1001: "参数不合法", 1002: "非法的用户ID",
@@ -67,96 +52,26 @@ def compact(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-class NodeProcess:
+class NodeProcess(harness.NodeServer):
     """A node started the way the README starts one (``python -m imserver``), on free
     ports, with its own config file and log in ``workdir``."""
 
     def __init__(self, workdir, config=None, name="node", env=None):
         self.workdir = str(workdir)
-        self.name = name
-        self.http_port = free_port()
-        self.ws_port = free_port()
-        self.rpc_port = free_port()
-        self.config = {"app": {"host": "127.0.0.1", "rpcHost": "127.0.0.1",
-                               "httpPort": self.http_port,
-                               "webSocketPort": self.ws_port, "rpcPort": self.rpc_port,
-                               "logFile": os.path.join(self.workdir, f"{name}.log"),
-                               "logLevel": "debug",
-                               # Spread shutdown closes over half a second, not five.
-                               "drainWindow": 0.5}}
-        for section, values in (config or {}).items():
-            self.config.setdefault(section, {}).update(values)
-        self.config_path = os.path.join(self.workdir, f"{name}.yaml")
-        self.stderr_path = os.path.join(self.workdir, f"{name}.stderr")
-        self.extra_env = env or {}
-        self.proc = None
+        defaults = {"app": {"logFile": os.path.join(self.workdir, f"{name}.log"),
+                            "logLevel": "debug",
+                            # Spread shutdown closes over half a second, not five.
+                            "drainWindow": 0.5}}
+        super().__init__(name, harness.node_config(free_port(), free_port(), free_port(),
+                                                   defaults, config),
+                         os.path.join(self.workdir, f"{name}.yaml"),
+                         os.path.join(self.workdir, f"{name}.stderr"), env=env)
+        self.stderr_path = self.log_path
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/acc"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def start(self, timeout: float = 30.0) -> "NodeProcess":
-        with open(self.config_path, "w") as fh:
-            yaml.safe_dump(self.config, fh)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMSERVER_")}
-        env.update(self.extra_env)
-        self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imserver", "--config", self.config_path],
-            cwd=ROOT, env=env, stdout=self._stderr, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n"
-                                   + self.output())
-            try:
-                self.get("/system/state", timeout=1)
-                return self
-            except (OSError, ValueError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"node {self.name} did not answer within {timeout}s:\n" + self.output())
-
-    def output(self) -> str:
-        try:
-            with open(self.stderr_path, encoding="utf-8", errors="replace") as fh:
-                return fh.read()
-        except OSError:
-            return ""
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._stderr.close()
-        return self.proc.returncode
+    def startup_failure(self, reason: str) -> str:
+        return f"{reason}:\n" + self.output()
 
     # HTTP --------------------------------------------------------------------------------
-
-    def request(self, method, path, params=None, body=None, headers=None, timeout=10):
-        """(status, headers, body bytes) of one HTTP request; never raises for 4xx/5xx."""
-        url = self.http_url + path
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.headers, err.read()
 
     def get(self, path, timeout=10, **params) -> dict:
         status, _, body = self.request("GET", path, params=params, timeout=timeout)
@@ -174,12 +89,6 @@ class NodeProcess:
 
     def connection_ids(self) -> "set[int]":
         return {c["id"] for c in self.state(debug=True)["connectionList"]}
-
-    def worker_pids(self) -> "list[int]":
-        """PIDs of the gunicorn workers (children of the master, which is ``proc``)."""
-        out = subprocess.run(["ps", "--ppid", str(self.pid), "-o", "pid="],
-                             capture_output=True, text=True).stdout
-        return sorted(int(p) for p in out.split())
 
     def client(self, **kw) -> "Client":
         return Client(self.ws_url, **kw)

@@ -3,9 +3,6 @@
 Flask-SocketIO server speaks Socket.IO v5 over a real WebSocket."""
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -14,54 +11,19 @@ import urllib.request
 import pytest
 import websocket
 
-from support import ROOT, free_port, push, reply, unique_id, wait_until
+from support import free_port, push, reply, unique_id, wait_until
 
-PEERS = os.path.join(ROOT, "imserver", "bench", "peers")
+from imserver.bench.harness import PeerServer
 
 
-class Peer:
-    def __init__(self, conf, workdir):
-        self.port = free_port()
-        self.log_path = os.path.join(str(workdir), os.path.basename(conf) + ".log")
-        self._log = open(self.log_path, "ab")
-        env = dict(os.environ, PEER_PORT=str(self.port), PEER_LOG_LEVEL="info")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", os.path.join(PEERS, conf)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(self._up, timeout=15, what=f"{conf} answering /system/state")
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"{conf} did not start:\n{self.output()}") from None
+class Peer(PeerServer):
+    def __init__(self, kind, workdir):
+        super().__init__(kind, free_port(), os.path.join(str(workdir), f"{kind}.log"),
+                         env={"PEER_LOG_LEVEL": "info"})
+        self.start()
 
-    def _up(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"exited with {self.proc.returncode}:\n{self.output()}")
-        try:
-            return self.get("/system/state", timeout=1)
-        except OSError:
-            return None
-
-    def output(self) -> str:
-        with open(self.log_path, "rb") as fh:
-            return fh.read().decode("utf-8", "replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
-
-    def url(self, path) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path, timeout=5):
-        with urllib.request.urlopen(self.url(path), timeout=timeout) as resp:
-            return json.loads(resp.read())
+    def startup_failure(self, reason: str) -> str:
+        return f"{reason}:\n{self.output()}"
 
     def post(self, path, **form):
         body = urllib.parse.urlencode(form).encode()
@@ -72,14 +34,14 @@ class Peer:
 
 @pytest.fixture(scope="module")
 def naive(tmp_path_factory):
-    peer = Peer("naive_gunicorn.conf.py", tmp_path_factory.mktemp("naive"))
+    peer = Peer("naive", tmp_path_factory.mktemp("naive"))
     yield peer
     peer.stop()
 
 
 @pytest.fixture(scope="module")
 def sio(tmp_path_factory):
-    peer = Peer("socketio_gunicorn.conf.py", tmp_path_factory.mktemp("socketio"))
+    peer = Peer("socketio", tmp_path_factory.mktemp("socketio"))
     yield peer
     peer.stop()
 

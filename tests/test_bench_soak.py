@@ -11,6 +11,7 @@ import time
 from cluster_support import redis_binary
 from support import ROOT
 
+from imserver.bench.harness import alive
 from imserver.bench.soak import classify_answer, rss_limit_kb
 
 STEADY = 30
@@ -34,14 +35,6 @@ def env():
 def soak_argv(out, *extra):
     return [sys.executable, "-m", "imserver.bench", "soak", *extra,
             "--redis-server", redis_binary(), "--out", str(out)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def started_pids(results) -> "list[int]":

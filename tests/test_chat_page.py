@@ -8,6 +8,7 @@ own browser downloads are never used.
 """
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def test_two_users_chat(node, tmp_path):
     name_a, name_b = facts["name_a"], facts["name_b"]
     assert 0 < len(name_a) <= 20 and 0 < len(name_b) <= 20
     assert facts["names_differ"]
+    # default names show in any font: ASCII (a "guest-" prefix where logins need tokens)
+    assert re.fullmatch(r"(guest-)?[A-Za-z]+[0-9]+", name_a), name_a
+    assert re.fullmatch(r"(guest-)?[A-Za-z]+[0-9]+", name_b), name_b
     assert facts["a_connected_notice"], "no 'connected as <name>' notice"
     assert facts["room_links"] == [f"/home/index?appID={room}" for room in (101, 102, 103, 104)]
     assert facts["current_room_link"] == "101"
@@ -113,7 +117,10 @@ def test_login_refused_is_shown_and_not_retried(node, tmp_path):
     facts = report["facts"]
     assert facts["login_rewritten"]
     assert facts["banner_visible"]
-    assert "未授权" in facts["banner"] and "1003" in facts["banner"], facts["banner"]
+    # in the page's language, not the wire's codeMsg
+    assert "Login failed: not authorized (1003): room 101 is not open." in facts["banner"], \
+        facts["banner"]
+    assert "未授权" not in facts["banner"]
     assert facts["sockets"] == 1, "a refused login must not be retried by itself"
     assert facts["status_after_wait"] == "error"
 
@@ -138,6 +145,81 @@ def test_failed_send_is_reported(node, tmp_path):
     assert report["page_errors"] == [], explain(report)
     facts = report["facts"]
     assert facts["error_own_bubble"] is False and facts["error_input_back"] == "first try"
+    assert facts["detail_notice"]  # the API's detail, not 参数不合法 (1001)
     assert facts["network_tries"] == 2 and facts["network_same_msgid"], facts
     assert facts["network_form"] == ["appID", "message", "msgID", "userID"]
     assert facts["network_own_bubble"] is False and facts["network_input_back"] == "second try"
+
+
+def check_names(facts, prefix):
+    first = facts["default_name"]
+    assert re.fullmatch(prefix + r"[A-Za-z]+[0-9]+", first), first
+    assert facts["guest_prefix"] == prefix
+    # the name stays with the tab: reloads and room switches keep it, a new tab has its own
+    assert facts["after_reload"] == first
+    assert facts["after_room_switch"] == first and facts["room_after_switch"] == 102
+    assert facts["other_tab_name"] != first
+    # the name form checks what it is given
+    assert facts["hint_empty"] == "Type a name."
+    assert facts["hint_invisible"] == "A name cannot hold control or invisible characters."
+    assert facts["too_long_kept_to"] == 20
+    assert facts["name_after_refusals"] == first
+    # a chosen name: logged in under it, the room sees the old one go and the new one come
+    assert facts["hint_good"] == ""
+    chosen = prefix + facts["typed"]
+    assert facts["chosen_notice"]
+    assert f"notice: {first} left" in facts["b_notices"], facts["b_notices"]
+    assert f"notice: {chosen} joined" in facts["b_notices"], facts["b_notices"]
+    assert facts["hint_taken"] == f"{chosen} is online in this room: choose another name."
+    assert facts["b_name_kept"]
+    assert facts["after_reload_chosen"] == chosen and facts["b_still_lists_chosen"]
+
+
+def test_name_is_kept_and_can_be_chosen(node, tmp_path):
+    report = run_scenario("names", node, tmp_path)
+    assert_ok(report)
+    check_names(report["facts"], "")
+
+
+def test_chosen_name_gets_a_token_where_logins_need_one(make_node, tmp_path):
+    """With auth.secret the node mints the token for a chosen name, as a guest name:
+    nobody can take a real user's name from the page."""
+    secure = make_node({"auth": {"secret": "s" * 40}}, name="tokens")
+    report = run_scenario("names", secure, tmp_path)
+    assert_ok(report)
+    check_names(report["facts"], "guest-")
+
+
+def test_unknown_room_is_said_and_the_address_corrected(node, tmp_path):
+    report = run_scenario("unknown-room", node, tmp_path)
+    assert_ok(report)
+    facts = report["facts"]
+    assert "notice: There is no room \"999\" here: this is room 101." in facts["notices"], facts
+    assert facts["url"].endswith("/home/index?appID=101")
+    assert facts["current_room"] == "101"
+    assert not any("There is no room" in n for n in facts["notices_after_reload"])
+
+
+def test_message_box_has_the_node_s_limit_and_a_counter(make_node, tmp_path):
+    short = make_node({"app": {"maxMessageLength": 30}}, name="short")
+    report = run_scenario("long-message", short, tmp_path)
+    assert_ok(report)
+    facts = report["facts"]
+    assert facts["counter_visible_at_20"] is False
+    assert facts["counter_at_26"] == "4 characters left"
+    assert facts["length_after_typing_36"] == 30
+    assert facts["counter_at_limit"] == "limit of 30 characters reached"
+    assert facts["counter_full_class"]
+    assert len(facts["delivered"]) == 30
+    assert facts["counter_after_send"] is False
+
+
+def test_an_api_refusal_shows_its_detail(make_node, tmp_path):
+    """A node whose push API needs auth.apiKey, without login tokens for the page: the page
+    cannot send, and says why in the API's words."""
+    keyed = make_node({"auth": {"apiKey": "k" * 24}}, name="keyed")
+    report = run_scenario("send-refused", keyed, tmp_path)
+    assert report["ok"], f"stopped at step {report['step']!r}: {report['error']}\n{explain(report)}"
+    assert report["page_errors"] == [], explain(report)
+    assert report["facts"]["notices"] == [
+        "notice: Message not sent: send the key of auth.apiKey in the X-API-Key header (1003)"]

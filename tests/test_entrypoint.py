@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from imserver.config import load_config
@@ -119,6 +120,182 @@ def test_unknown_option_exits_2():
     assert "--bogus" in result.stderr
 
 
+def test_help_is_plain_text_that_says_where_the_settings_are():
+    result = run(["-m", "imserver", "--help"])
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "``" not in text and "**" not in text  # no markup shown as is
+    assert text.startswith("usage: python -m imserver [-h] [--config FILE] [--check] [--dev]")
+    assert "docs/CONFIG.md" in text and "IMSERVER_<SECTION>_<KEY>" in text
+    assert "--dev" in text and "127.0.0.1" in text
+
+
+def test_check_into_a_closed_pipe_exits_quietly():
+    """`--check | head -3`: the reader goes away; no traceback, exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "imserver", "--check"], cwd=ROOT,
+                                env=clean_env(), stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_dev_py_run_check_piped_to_head_shows_no_traceback():
+    result = subprocess.run(["bash", "-c", f"{sys.executable} dev.py run --check | head -3"],
+                            cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) == 3
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+# -- where a node listens ---------------------------------------------------------------------------
+
+def listening(port):
+    """Addresses (ip, port) in the kernel's table of listening TCP sockets for ``port``."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            hex_ip, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(hex_ip)
+    named = {"0100007F": "127.0.0.1", "00000000": "0.0.0.0"}
+    return {named.get(ip, ip) for ip in found}
+
+
+def free_ports(n):
+    from support import free_port
+    ports = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def test_dev_py_run_defaults_to_loopback(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("app:\n  logLevel: info\n")
+    result = run(["dev.py", "run", "--config", str(path), "--check"])
+    assert result.returncode == 0, result.stderr
+    assert "app.host: '127.0.0.1'" in result.stdout.splitlines()
+    # what the user sets wins: the environment, or app.host in the file
+    result = run(["dev.py", "run", "--config", str(path), "--check"],
+                 env=clean_env(IMSERVER_APP_HOST="0.0.0.0"))
+    assert "app.host: '0.0.0.0'" in result.stdout.splitlines()
+    path.write_text("app:\n  host: 127.0.0.2\n")
+    result = run(["dev.py", "run", "--config", str(path), "--check"])
+    assert "app.host: '127.0.0.2'" in result.stdout.splitlines()
+    # python -m imserver itself keeps the documented default
+    result = run(["-m", "imserver", "--config", str(path), "--check"],
+                 env=clean_env(IMSERVER_APP_HOST="0.0.0.0"))
+    assert "app.host: '0.0.0.0'" in result.stdout.splitlines()
+
+
+def _start(args, tmp_path, env=None, name="dev"):
+    out = open(tmp_path / f"{name}.out", "wb")
+    proc = subprocess.Popen([sys.executable] + args, cwd=ROOT, env=env or clean_env(),
+                            stdout=out, stderr=subprocess.STDOUT)
+    return proc, out
+
+
+def _stop(proc, out):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    out.close()
+
+
+def test_dev_py_run_listens_on_loopback_only_and_says_so(tmp_path):
+    http, ws = free_ports(2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"app": {"httpPort": http, "webSocketPort": ws,
+                                            "logFile": str(tmp_path / "dev.log")}}))
+    proc, out = _start(["dev.py", "run", "--config", str(path)], tmp_path)
+    try:
+        assert wait_for(lambda: listening(http) and listening(ws), timeout=30), read(out.name)
+        assert listening(http) == {"127.0.0.1"} and listening(ws) == {"127.0.0.1"}
+        first = read(out.name).splitlines()[0]
+        assert first == (f"imserver: listening on 127.0.0.1 only, other machines cannot connect; "
+                         f"chat page http://localhost:{http}/home/index, WebSocket "
+                         f"ws://localhost:{ws}/acc; IMSERVER_APP_HOST=0.0.0.0 opens it to the "
+                         "network (docs/CONFIG.md)")
+    finally:
+        _stop(proc, out)
+
+
+def test_open_push_api_on_every_interface_is_a_warning(tmp_path):
+    http, ws = free_ports(2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"app": {"host": "0.0.0.0", "httpPort": http,
+                                            "webSocketPort": ws,
+                                            "logFile": str(tmp_path / "open.log")}}))
+    proc, out = _start(["-m", "imserver", "--config", str(path)], tmp_path, name="open")
+    try:
+        assert wait_for(lambda: listening(http), timeout=30), read(out.name)
+        assert listening(http) == {"0.0.0.0"}
+        assert read(out.name).splitlines()[0] == (
+            "imserver: WARNING: listening on every interface (app.host 0.0.0.0) with the push "
+            f"API open: anyone who reaches port {http} can push messages to any user. Set "
+            "auth.apiKey (docs/SECURITY.md), or app.host: 127.0.0.1")
+    finally:
+        _stop(proc, out)
+
+
+def _hold(port, host="127.0.0.1"):
+    import socket
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("key,env", [("httpPort", "IMSERVER_APP_HTTPPORT"),
+                                     ("webSocketPort", "IMSERVER_APP_WEBSOCKETPORT")])
+def test_port_in_use_exits_2_naming_the_setting(tmp_path, key, env):
+    http, ws = free_ports(2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"app": {"host": "127.0.0.1", "httpPort": http,
+                                            "webSocketPort": ws}}))
+    taken = http if key == "httpPort" else ws
+    with _hold(taken):
+        result = run(["-m", "imserver", "--config", str(path)], timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"imserver: cannot listen on 127.0.0.1:{taken} (app.{key}): the port is in use by "
+        f"another process; stop it, or choose another port with app.{key} (e.g. "
+        f"{env}={taken + 1})"]
+
+
+def test_rpc_port_in_use_names_the_worker(tmp_path):
+    http, ws, rpc = free_ports(3)
+    path = tmp_path / "c.yaml"
+    # cluster mode: the check runs before anything talks to Redis
+    path.write_text(yaml.safe_dump({"app": {"host": "127.0.0.1", "rpcHost": "127.0.0.1",
+                                            "httpPort": http, "webSocketPort": ws,
+                                            "rpcPort": rpc, "workers": 2},
+                                    "redis": {"addr": "127.0.0.1:1"}}))
+    with _hold(rpc + 1):
+        result = run(["-m", "imserver", "--config", str(path)], timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith(
+        f"imserver: cannot listen on 127.0.0.1:{rpc + 1} (app.rpcPort + 1 (worker 1)): the port "
+        "is in use by another process")
+
+
 # -- a real node -----------------------------------------------------------------------------------
 
 ACCESS_LINE = re.compile(
@@ -164,15 +341,20 @@ def test_log_level_info_has_no_debug_lines(tmp_path):
     assert " DEBUG " not in node.output()
 
 
-def test_websocket_connection_gets_an_access_line(tmp_path):
+def test_websocket_connection_gets_an_access_line_at_the_handshake(tmp_path):
+    """docs/CONFIG.md (app.accessLog): the line is written at the handshake, so it is there
+    while the connection is still open, and it is the only one."""
     node = _start_logging_node(tmp_path, "wslog", logLevel="info")
     log_file = node.config["app"]["logFile"]
+    ws_line = re.compile(r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /acc HTTP/1\.1" 101 ')
     try:
         client = node.client()
         assert client.request("ping")["response"]["data"] == "pong"
-        client.close()
-        ws_line = re.compile(r'INFO gunicorn\.access: 127\.0\.0\.1 "GET /acc HTTP/1\.1" 101 ')
         assert wait_for(lambda: ws_line.search(read(log_file))), read(log_file)
+        assert client.request("ping")["response"]["data"] == "pong"  # still open
+        client.close()
+        time.sleep(0.5)
+        assert len(ws_line.findall(read(log_file))) == 1
     finally:
         node.stop()
 

@@ -270,6 +270,30 @@ def test_send_message_all_empty_msg_id_is_never_deduplicated(node, connect):
     assert mine[0]["seq"] != mine[1]["seq"]
 
 
+def test_markup_characters_are_written_as_they_are(node, connect):
+    """<, > and & travel as themselves in frames and answers (the original writes them as
+    \\u003c, \\u003e, \\u0026: the same JSON strings). docs/PROTOCOL.md lists this."""
+    sender, receiver = unique_id("m<&>"), unique_id("r")
+    client = login(connect, node, receiver, 104)
+    text = "<b>fish & chips</b>"
+    status, _, body = call(node, "POST", "/user/sendMessage",
+                           {"appID": 104, "userID": receiver, "message": text, "from": sender},
+                           "form")
+    assert status == 200 and b"\\u00" not in body
+    _, raw = client.recv_raw()
+    assert f'"msg":"{text}","from":"{sender}"'.encode() in raw
+    status, _, body = node.request("GET", "/user/online", params={"appID": 104, "userID": sender})
+    assert f'"userID":"{sender}"'.encode() in body
+
+
+def test_user_list_without_app_id_exact_answer(node):
+    """The original answers 200 with the (empty) list of appID 0; docs/PROTOCOL.md lists this."""
+    status, _, body = node.request("GET", "/user/list")
+    assert status == 200
+    assert body.decode() == compact({"code": 1001, "msg": "参数不合法", "data": None,
+                                     "detail": "appID is required"})
+
+
 # -- bad parameters ------------------------------------------------------------------------
 
 LONG = "x" * 65
@@ -466,12 +490,81 @@ def test_chat_page_for_a_room(node):
     assert re.search(r'"appID":\s*102\b', body.decode())
 
 
-@pytest.mark.parametrize("query", [{"appID": 999}, {"appID": "abc"}, {}, {"appID": "²"}],
+def page_config(node, **params) -> dict:
+    status, headers, body = node.request("GET", "/home/index", params=params)
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    found = re.search(rb'<script id="config" type="application/json">(.*?)</script>', body, re.S)
+    return json.loads(found.group(1))
+
+
+@pytest.mark.parametrize("query,asked", [({"appID": 999}, "999"), ({"appID": "abc"}, "abc"),
+                                         ({}, ""), ({"appID": "²"}, "²")],
                          ids=["unknown", "not-a-number", "missing", "superscript-digit"])
-def test_chat_page_falls_back_to_the_first_room(node, query):
-    status, _, body = node.request("GET", "/home/index", params=query)
-    assert status == 200
-    assert re.search(r'"appID":\s*101\b', body.decode())
+def test_chat_page_falls_back_to_the_first_room_and_says_so(node, query, asked):
+    cfg = page_config(node, **query)
+    assert cfg["appID"] == 101
+    assert cfg["roomNotFound"] == asked  # the page shows a notice when it is not ""
+
+
+def test_chat_page_names_are_ascii(node):
+    for _ in range(30):
+        name = page_config(node, appID=101)["userID"]
+        assert re.fullmatch(r"[A-Za-z]+[0-9]{2}", name) and len(name) <= 20, name
+
+
+def test_chat_page_has_the_limits_of_the_node(make_node):
+    custom = make_node({"app": {"maxMessageLength": 300, "maxUserIDLength": 12}})
+    cfg = page_config(custom, appID=101)
+    assert (cfg["maxMessageLength"], cfg["nameMaxLength"], cfg["guestPrefix"]) == (300, 12, "")
+    assert len(cfg["userID"]) <= 12
+
+
+def test_page_token_for_a_chosen_name(node):
+    status, headers, body = node.request("GET", "/home/token",
+                                         params={"appID": 102, "name": "  Zoë Li  "})
+    assert (status, headers["Content-Type"]) == (200, JSON_TYPE)
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    # without auth.secret there is no token to mint, and no guest prefix
+    assert json.loads(body) == {"code": 200, "msg": "Success",
+                                "data": {"userID": "Zoë Li", "token": ""}}
+
+
+@pytest.mark.parametrize("params,code,detail", [
+    ({"appID": 101, "name": "   "}, 1002, "a name is needed"),
+    ({"appID": 101}, 1002, "a name is needed"),
+    ({"appID": 101, "name": "x" * 21}, 1002, "a name is at most 20 characters"),
+    ({"appID": 101, "name": "zero\u200bwidth"}, 1002,
+     "a name cannot hold control or invisible characters"),
+    ({"appID": 101, "name": "tab\there"}, 1002,
+     "a name cannot hold control or invisible characters"),
+    ({"appID": 101, "name": "rtl\u202eevil"}, 1002,
+     "a name cannot hold control or invisible characters"),
+    ({"name": "Bob"}, 1001, "appID is required"),
+    ({"appID": 999, "name": "Bob"}, 1003, "appID must be one of 101, 102, 103, 104"),
+], ids=["blank", "missing", "21-chars", "zero-width", "tab", "bidi-override", "no-appID",
+        "appID-999"])
+def test_page_token_refuses_names_that_cannot_be_shown(node, params, code, detail):
+    answer = node.get("/home/token", **params)
+    assert answer == {"code": code, "msg": {1001: "参数不合法", 1002: "非法的用户ID",
+                                            1003: "未授权"}[code],
+                      "data": None, "detail": detail}
+
+
+def test_page_names_are_guest_names_where_logins_need_tokens(make_node, connect):
+    import jwt
+    secret = "s" * 40
+    secure = make_node({"auth": {"secret": secret}})
+    assert page_config(secure, appID=101)["guestPrefix"] == "guest-"
+    assert page_config(secure, appID=101)["userID"].startswith("guest-")
+    for typed in ("alice", "guest-alice", " guest-alice "):
+        data = secure.get("/home/token", appID=103, name=typed)["data"]
+        assert data["userID"] == "guest-alice"  # never "alice": a real user's name
+        claims = jwt.decode(data["token"], secret, algorithms=["HS256"])
+        assert (claims["userID"], claims["appID"]) == ("guest-alice", 103)
+    client = connect(secure)
+    assert client.request("login", {"appID": 103, "userID": "guest-alice",
+                                    "serviceToken": data["token"]})["response"]["code"] == 200
 
 
 def test_chat_page_article_spelling(node):

@@ -8,13 +8,16 @@ protocol (WebSocket + HTTP API) and measures it.
 - ``drivers``: the two protocols behind one interface, ``acc`` (this project's frames, also
   spoken by the naive gevent-websocket server) and ``socketio`` (Engine.IO v4 / Socket.IO v5);
 - ``client``: a client worker process (``python -m imserver.bench.client``), commanded by
-  JSON lines on stdin, answering on stdout;
+  JSON lines (``jsonlines``) on stdin, answering on stdout;
 - ``coordinator``: spawns the workers, talks to them, sends HTTP pushes;
 - ``procstat``: finds the server processes from a listening port and reads their RSS/CPU;
 - ``scenarios``: connect, idle, broadcast, unicast, churn, suite;
 - ``report``: results.json, results.md and the PNG plots;
+- ``cli`` and ``options``: the command line;
 - ``soak``: ``python -m imserver.bench soak``, a long run that starts its own Redis and
   two nodes and injects faults;
+- ``harness``: starting and stopping nodes, redis-server and the peers by pid, for the
+  soak and the test suite alike;
 - ``send_floor``: ``python -m imserver.bench.send_floor``, the kernel's cost of one
   ``send()`` on loopback, the floor under any server's CPU per delivery;
 - ``peers/``: the comparison servers (Flask-SocketIO and a naive gevent-websocket one)

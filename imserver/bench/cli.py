@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import gevent
 
 from . import procstat, report
-from . import soak  # the soak scenario (imserver/bench/soak.py) runs its own processes
+from . import soak  # the soak scenario (imserver/bench/soak/) runs its own processes
 from .drivers import SOCKETIO_PATH
+from .options import add_options, plus_default
 from .scenarios import ORDER, Bench
 
 DESCRIPTION = """\
@@ -58,102 +59,94 @@ def _csv(text):
     return [x.strip() for x in text.split(",") if x.strip()] if text else []
 
 
+TARGET = [
+    ("--driver", str, "acc", "protocol: acc (this project's /acc frames; also the naive server) "
+                             "or socketio (Engine.IO v4 / Socket.IO v5). Default: acc",
+     {"choices": ("acc", "socketio")}),
+    ("--ws", str, None, "WebSocket URL(s); connections are spread round robin. Default: "
+                        "ws://127.0.0.1:8089/acc (acc), ws://127.0.0.1:8080" + SOCKETIO_PATH +
+                        " (socketio; a URL without a socket.io path gets it)",
+     {"metavar": "URL[,URL...]"}),
+    ("--http", str, "http://127.0.0.1:8080",
+     plus_default("HTTP API base URL (pushes, /system/state)."), {"metavar": "URL"}),
+    ("--http-targets", str, "", "unicast sends go round robin to these instead of --http (e.g. "
+                                "another node of the cluster than the one holding the users)",
+     {"metavar": "URL[,URL...]"}),
+    ("--app-id", int, 101, plus_default("appID (the room).")),
+    ("--allow-remote", bool, None, "allow targets that are not on loopback (refused otherwise)"),
+    ("--server-pid", str, "", "server processes to measure (their children are added); "
+                              "default: found from the listening ports of --ws/--http via /proc",
+     {"metavar": "PID[,PID...]"}),
+]
+
+CLIENTS = [
+    (("-n", "--connections"), int, 1000, plus_default("connections to open."), {"dest": "n"}),
+    ("--procs", int, 0, "client worker processes (0: one per --per-proc connections)"),
+    ("--per-proc", int, 15000, plus_default("connections per worker process when --procs is 0.")),
+    ("--concurrency", int, 200,
+     plus_default("connection attempts in progress at once, over all workers.")),
+    ("--source-ips", str, "", "source addresses to bind before connect, round robin; default on "
+                              "loopback: 127.0.0.2, 127.0.0.3, ... one per --per-source "
+                              "connections; 'none': let the OS choose",
+     {"metavar": "IP[,IP...]|none"}),
+    ("--per-source", int, 20000, plus_default("connections per source address.")),
+    ("--connect-timeout", float, 10.0,
+     plus_default("seconds for one connect + handshake + login.")),
+    ("--heartbeat-interval", float, 30.0,
+     "seconds between heartbeats of each connection (the chat page's 30 s); 0: none"),
+]
+
+SETTINGS = [
+    ("--duration", float, 30.0, plus_default("idle: seconds to hold.")),
+    ("--messages", int, 10, plus_default("broadcast: messages to send.")),
+    ("--interval", float, 1.0, plus_default("broadcast: seconds between two sends.")),
+    ("--idle-probe", float, 3.0, plus_default(
+        "broadcast: seconds the server's idle CPU is measured first, to take it off the "
+        "per-delivery figure (the gross one is reported too).")),
+    ("--unicast-messages", int, 1000, plus_default("unicast: messages to send.")),
+    ("--rate", float, 200.0, plus_default("unicast: sends per second.")),
+    ("--http-concurrency", int, 50, plus_default("unicast: HTTP calls in flight at most.")),
+    ("--churn-rate", float, 50.0,
+     plus_default("churn: connect/login/leave cycles started per second.")),
+    ("--churn-duration", float, 30.0, plus_default("churn: seconds.")),
+    ("--churn-hold", float, 0.0, plus_default("churn: seconds each client stays logged in.")),
+    ("--message", str, "", "text of the pushed messages (default: 'broadcast K' ...)"),
+    ("--wait", float, 30.0, plus_default("seconds to wait for deliveries after the last send.")),
+    ("--mem-steps", int, 10, plus_default("server RSS samples while connecting.")),
+    ("--settle", float, 1.0, "seconds to let the server settle before an end-of-phase RSS reading"),
+    ("--seed", int, None, "random seed (unicast recipients)"),
+]
+
+OUTPUT = [
+    ("--out", str, "", "results folder. Default: bench-results/<timestamp>/"),
+    ("--no-plots", bool, None, "skip the PNG plots"),
+    ("--quiet", bool, None, "no progress on stderr"),
+    ("--strict", bool, None, "exit 1 when a connection failed or dropped or a message was lost"),
+    ("--max-seconds", float, 600.0,
+     plus_default("stop everything after this many seconds (exit 3).")),
+    ("--phase-timeout", float, 300.0, plus_default("bound of the connect phase, in seconds.")),
+    ("--http-timeout", float, 10.0, plus_default("seconds for one HTTP call.")),
+]
+
+HELPS = {"connect": "open N connections and log in; rate, failures, memory curve",
+         "idle": "connect, hold idle with heartbeats; server KB per connection, drops",
+         "broadcast": "connect, send room broadcasts; deliveries/s, CPU per delivery, last receive",
+         "unicast": "connect, send to random users; latency p50/p99/max",
+         "churn": "connect/login/leave at a rate; achieved rate, failures, RSS",
+         "suite": "several scenarios on one set of connections"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    t = common.add_argument_group("target")
-    t.add_argument("--driver", choices=("acc", "socketio"), default="acc",
-                   help="protocol: acc (this project's /acc frames; also the naive server) or "
-                        "socketio (Engine.IO v4 / Socket.IO v5). Default: acc")
-    t.add_argument("--ws", default=None, metavar="URL[,URL...]",
-                   help="WebSocket URL(s); connections are spread round robin. Default: "
-                        "ws://127.0.0.1:8089/acc (acc), ws://127.0.0.1:8080" + SOCKETIO_PATH +
-                        " (socketio; a URL without a socket.io path gets it)")
-    t.add_argument("--http", default="http://127.0.0.1:8080", metavar="URL",
-                   help="HTTP API base URL (pushes, /system/state). Default: %(default)s")
-    t.add_argument("--http-targets", default="", metavar="URL[,URL...]",
-                   help="unicast sends go round robin to these instead of --http (e.g. another "
-                        "node of the cluster than the one holding the users)")
-    t.add_argument("--app-id", type=int, default=101, help="appID (the room). Default: %(default)s")
-    t.add_argument("--allow-remote", action="store_true",
-                   help="allow targets that are not on loopback (refused otherwise)")
-    t.add_argument("--server-pid", default="", metavar="PID[,PID...]",
-                   help="server processes to measure (their children are added); default: found "
-                        "from the listening ports of --ws/--http via /proc")
-
-    c = common.add_argument_group("clients")
-    c.add_argument("-n", "--connections", dest="n", type=int, default=1000,
-                   help="connections to open. Default: %(default)s")
-    c.add_argument("--procs", type=int, default=0,
-                   help="client worker processes (0: one per --per-proc connections)")
-    c.add_argument("--per-proc", type=int, default=15000,
-                   help="connections per worker process when --procs is 0. Default: %(default)s")
-    c.add_argument("--concurrency", type=int, default=200,
-                   help="connection attempts in progress at once, over all workers. Default: %(default)s")
-    c.add_argument("--source-ips", default="", metavar="IP[,IP...]|none",
-                   help="source addresses to bind before connect, round robin; default on loopback: "
-                        "127.0.0.2, 127.0.0.3, ... one per --per-source connections; 'none': let the OS choose")
-    c.add_argument("--per-source", type=int, default=20000,
-                   help="connections per source address. Default: %(default)s")
-    c.add_argument("--connect-timeout", type=float, default=10.0,
-                   help="seconds for one connect + handshake + login. Default: %(default)s")
-    c.add_argument("--heartbeat-interval", type=float, default=30.0,
-                   help="seconds between heartbeats of each connection (the chat page's 30 s); 0: none")
-
-    s = common.add_argument_group("scenario settings")
-    s.add_argument("--duration", type=float, default=30.0, help="idle: seconds to hold. Default: %(default)s")
-    s.add_argument("--messages", type=int, default=10, help="broadcast: messages to send. Default: %(default)s")
-    s.add_argument("--interval", type=float, default=1.0,
-                   help="broadcast: seconds between two sends. Default: %(default)s")
-    s.add_argument("--idle-probe", type=float, default=3.0,
-                   help="broadcast: seconds the server's idle CPU is measured first, to take "
-                        "it off the per-delivery figure (the gross one is reported too). "
-                        "Default: %(default)s")
-    s.add_argument("--unicast-messages", type=int, default=1000,
-                   help="unicast: messages to send. Default: %(default)s")
-    s.add_argument("--rate", type=float, default=200.0,
-                   help="unicast: sends per second. Default: %(default)s")
-    s.add_argument("--http-concurrency", type=int, default=50,
-                   help="unicast: HTTP calls in flight at most. Default: %(default)s")
-    s.add_argument("--churn-rate", type=float, default=50.0,
-                   help="churn: connect/login/leave cycles started per second. Default: %(default)s")
-    s.add_argument("--churn-duration", type=float, default=30.0,
-                   help="churn: seconds. Default: %(default)s")
-    s.add_argument("--churn-hold", type=float, default=0.0,
-                   help="churn: seconds each client stays logged in. Default: %(default)s")
-    s.add_argument("--message", default="", help="text of the pushed messages (default: 'broadcast K' ...)")
-    s.add_argument("--wait", type=float, default=30.0,
-                   help="seconds to wait for deliveries after the last send. Default: %(default)s")
-    s.add_argument("--mem-steps", type=int, default=10,
-                   help="server RSS samples while connecting. Default: %(default)s")
-    s.add_argument("--settle", type=float, default=1.0,
-                   help="seconds to let the server settle before an end-of-phase RSS reading")
-    s.add_argument("--seed", type=int, default=None, help="random seed (unicast recipients)")
-
-    o = common.add_argument_group("output and limits")
-    o.add_argument("--out", default="", help="results folder. Default: bench-results/<timestamp>/")
-    o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    o.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    o.add_argument("--strict", action="store_true",
-                   help="exit 1 when a connection failed or dropped or a message was lost")
-    o.add_argument("--max-seconds", type=float, default=600.0,
-                   help="stop everything after this many seconds (exit 3). Default: %(default)s")
-    o.add_argument("--phase-timeout", type=float, default=300.0,
-                   help="bound of the connect phase, in seconds. Default: %(default)s")
-    o.add_argument("--http-timeout", type=float, default=10.0,
-                   help="seconds for one HTTP call. Default: %(default)s")
-
+    for title, rows in (("target", TARGET), ("clients", CLIENTS),
+                        ("scenario settings", SETTINGS), ("output and limits", OUTPUT)):
+        add_options(common.add_argument_group(title), rows)
     parser = argparse.ArgumentParser(
         prog="python -m imserver.bench", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
-    helps = {"connect": "open N connections and log in; rate, failures, memory curve",
-             "idle": "connect, hold idle with heartbeats; server KB per connection, drops",
-             "broadcast": "connect, send room broadcasts; deliveries/s, CPU per delivery, last receive",
-             "unicast": "connect, send to random users; latency p50/p99/max",
-             "churn": "connect/login/leave at a rate; achieved rate, failures, RSS",
-             "suite": "several scenarios on one set of connections"}
     for name in ORDER + ("suite",):
-        p = sub.add_parser(name, parents=[common], help=helps[name], description=helps[name])
+        p = sub.add_parser(name, parents=[common], help=HELPS[name], description=HELPS[name])
         if name == "suite":
             p.add_argument("--scenarios", default=",".join(ORDER),
                            help="comma-separated list from: " + ", ".join(ORDER) +
@@ -186,21 +179,20 @@ def _ports(urls):
     return ports
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # ``--scenario NAME`` works as well as the subcommand.
+def _scenario_first(argv) -> list:
+    """``--scenario NAME`` works as well as the subcommand."""
+    argv = list(argv)
     if "--scenario" in argv:
         i = argv.index("--scenario")
         if i + 1 < len(argv):
             name = argv[i + 1]
             del argv[i:i + 2]
             argv.insert(0, name)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # -- soak: it targets no given address, see imserver/bench/soak.py --------------------
-    if args.scenario == soak.NAME:
-        return soak.main(args, argv)
+    return argv
 
+
+def _targets(parser, args):
+    """(WebSocket URLs, unicast HTTP targets), checked."""
     if args.ws:
         ws_urls = _csv(args.ws)
     else:
@@ -215,28 +207,22 @@ def main(argv=None) -> int:
             parser.error(f"--http/--http-targets: only http:// URLs are supported, got {url!r}")
     if args.n < 1 and args.scenario != "churn":
         parser.error("-n must be at least 1")
+    return ws_urls, http_targets
 
-    remote = [(u, h) for u, h in _hosts(ws_urls + [args.http] + http_targets) if not is_loopback(h)]
-    if remote and not args.allow_remote:
-        print("imserver.bench: refusing to load a target that is not on loopback: " +
-              ", ".join(f"{u} ({h})" for u, h in remote) +
-              ". A load test opens thousands of connections and can hurt a shared server; "
-              "pass --allow-remote if that machine is yours to load.", file=sys.stderr)
-        return 2
-    local = not remote
 
-    # Source addresses.
+def _source_ips(args, local: bool) -> list:
     if args.source_ips.strip().lower() == "none":
-        source_ips = []
-    elif args.source_ips:
-        source_ips = _csv(args.source_ips)
-    elif local:
+        return []
+    if args.source_ips:
+        return _csv(args.source_ips)
+    if local:
         count = max(1, math.ceil(args.n / max(1, args.per_source)))
-        source_ips = [f"127.0.0.{2 + i}" for i in range(count)]
-    else:
-        source_ips = []
+        return [f"127.0.0.{2 + i}" for i in range(count)]
+    return []
 
-    # Processes and their file limit.
+
+def _set_procs(parser, args) -> None:
+    """Worker processes enough for -n within the open-file limit of each."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     procs = args.procs or max(1, math.ceil(args.n / args.per_proc))
     per = math.ceil(args.n / procs)
@@ -245,21 +231,18 @@ def main(argv=None) -> int:
                      f"({hard}); use more --procs")
     args.procs = procs
 
-    # Server processes.
-    server_pids = []
+
+def _server_pids(args, ws_urls, local: bool) -> list:
     if args.server_pid:
         given = {int(p) for p in _csv(args.server_pid)}
-        server_pids = sorted(given | procstat.children_of(given))
-    elif local:
-        server_pids = procstat.find_server_pids(_ports(ws_urls + [args.http]))
-    out_dir = args.out or os.path.join("bench-results", time.strftime("%Y%m%d-%H%M%S"))
+        return sorted(given | procstat.children_of(given))
+    if local:
+        return procstat.find_server_pids(_ports(ws_urls + [args.http]))
+    return []
 
-    names = _csv(args.scenarios) if args.scenario == "suite" else [args.scenario]
-    unknown = [n for n in names if n not in ORDER]
-    if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
 
-    meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
+def _meta(args, argv, names, ws_urls, http_targets, source_ips, server_pids) -> dict:
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": "python -m imserver.bench " + " ".join(shlex.quote(a) for a in argv),
             "scenario": args.scenario, "scenarios": [n for n in ORDER if n in names],
             "driver": args.driver, "ws_urls": ws_urls, "http": args.http,
@@ -268,13 +251,11 @@ def main(argv=None) -> int:
             "server_processes": {str(p): procstat.proc_name(p) for p in server_pids},
             "settings": {k: v for k, v in vars(args).items()
                          if k not in ("ws", "http", "http_targets", "server_pid")}}
-    if not server_pids and not args.quiet:
-        print("imserver.bench: no server process found to measure (remote target, or nothing "
-              "listens on the ports): memory and CPU figures are left out", file=sys.stderr)
 
-    bench = Bench(args, ws_urls, args.http, http_targets, source_ips, server_pids, meta)
+
+def _run(bench, args, names) -> int:
+    """Run the scenarios within --max-seconds; the exit code."""
     code = 0
-    t0 = time.time()
     try:
         with gevent.Timeout(args.max_seconds):
             try:
@@ -295,6 +276,40 @@ def main(argv=None) -> int:
         code = 1
     finally:
         bench.stop()
+    return code
+
+
+def main(argv=None) -> int:
+    argv = _scenario_first(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # -- soak: it targets no given address, see imserver/bench/soak/ ----------------------
+    if args.scenario == soak.NAME:
+        return soak.main(args, argv)
+    ws_urls, http_targets = _targets(parser, args)
+    remote = [(u, h) for u, h in _hosts(ws_urls + [args.http] + http_targets) if not is_loopback(h)]
+    if remote and not args.allow_remote:
+        print("imserver.bench: refusing to load a target that is not on loopback: " +
+              ", ".join(f"{u} ({h})" for u, h in remote) +
+              ". A load test opens thousands of connections and can hurt a shared server; "
+              "pass --allow-remote if that machine is yours to load.", file=sys.stderr)
+        return 2
+    local = not remote
+    source_ips = _source_ips(args, local)
+    _set_procs(parser, args)
+    server_pids = _server_pids(args, ws_urls, local)
+    out_dir = args.out or os.path.join("bench-results", time.strftime("%Y%m%d-%H%M%S"))
+    names = _csv(args.scenarios) if args.scenario == "suite" else [args.scenario]
+    unknown = [n for n in names if n not in ORDER]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    meta = _meta(args, argv, names, ws_urls, http_targets, source_ips, server_pids)
+    if not server_pids and not args.quiet:
+        print("imserver.bench: no server process found to measure (remote target, or nothing "
+              "listens on the ports): memory and CPU figures are left out", file=sys.stderr)
+    bench = Bench(args, ws_urls, args.http, http_targets, source_ips, server_pids, meta)
+    t0 = time.time()
+    code = _run(bench, args, names)
     bench.results["meta"]["seconds"] = round(time.time() - t0, 2)
     written = report.write(out_dir, bench.results, bench.samples, plots=not args.no_plots)
     print(report.table(bench.results))

@@ -18,7 +18,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
@@ -31,6 +30,7 @@ from gevent.fileobject import FileObjectPosix  # noqa: E402
 from gevent.lock import BoundedSemaphore, Semaphore  # noqa: E402
 
 from .drivers import make_driver  # noqa: E402
+from .jsonlines import encode, messages  # noqa: E402
 from .procstat import rss_kb  # noqa: E402
 from .wsclient import WSError  # noqa: E402
 
@@ -247,53 +247,21 @@ class Worker:
         ``rate`` cycles a second for ``duration`` seconds. Answers with the counts."""
         drivers = [make_driver(driver, url, app_id=app_id, on_push=self.on_push,
                                timeout=timeout) for url in ws_urls]
-        counts = self.churn
-        counts.clear()
+        self.churn.clear()
         inflight = [0]
         done = Event()
         latencies = []
-
-        def cycle(index, drv, source_ip):
-            t0 = time.monotonic()
-            try:
-                conn = drv.connect(f"c{self.wid}-{index}", source_ip)
-            except WSError as exc:
-                counts["fail " + exc.reason] += 1
-                return
-            except Exception as exc:
-                counts[f"fail error {type(exc).__name__}"] += 1
-                return
-            latencies.append(time.monotonic() - t0)
-            counts["logged_in"] += 1
-            try:
-                if hold > 0:
-                    gevent.sleep(hold)  # pushes meanwhile wait in the socket buffer
-                drv.close(conn)
-                # Read (bounded) until the server's close frame answers ours.
-                conn.sock.settimeout(min(timeout, 5.0))
-                while True:
-                    conn.recv_message()
-            except WSError as exc:
-                if exc.reason in ("closed 1000", "closed 1005"):
-                    counts["left"] += 1
-                elif exc.reason == "timeout":
-                    counts["close timeout"] += 1
-                else:
-                    counts["close " + exc.reason] += 1
-            except Exception as exc:
-                counts[f"close error {type(exc).__name__}"] += 1
-            finally:
-                conn.abort()
+        stopped = [False]
 
         def run(index, drv, source_ip):
             try:
-                cycle(index, drv, source_ip)
+                self._churn_cycle(f"c{self.wid}-{index}", drv, source_ip, hold, timeout,
+                                  latencies)
             finally:
                 inflight[0] -= 1
                 if inflight[0] == 0 and stopped[0]:
                     done.set()
 
-        stopped = [False]
         t_start = time.monotonic()
         index = 0
         interval = 1.0 / rate if rate > 0 else duration + 1
@@ -307,12 +275,12 @@ class Worker:
                 continue
             next_t += interval
             if inflight[0] >= max_inflight:
-                counts["skipped (too many in flight)"] += 1
+                self.churn["skipped (too many in flight)"] += 1
                 continue
             drv = drivers[index % len(drivers)]
             source_ip = source_ips[index % len(source_ips)] if source_ips else ""
             inflight[0] += 1
-            counts["attempted"] += 1
+            self.churn["attempted"] += 1
             gevent.spawn(run, index, drv, source_ip)
             index += 1
         elapsed = time.monotonic() - t_start
@@ -320,11 +288,42 @@ class Worker:
         if inflight[0] == 0:
             done.set()
         done.wait(timeout + 6)
-        result = dict(counts)
-        result["elapsed"] = elapsed
-        result["still_in_flight"] = inflight[0]
-        result["login_s"] = percentiles(latencies)
-        return result
+        return dict(self.churn, elapsed=elapsed, still_in_flight=inflight[0],
+                    login_s=percentiles(latencies))
+
+    def _churn_cycle(self, user, drv, source_ip, hold, timeout, latencies) -> None:
+        """One churn cycle, counted in ``self.churn`` by how it ended."""
+        counts = self.churn
+        t0 = time.monotonic()
+        try:
+            conn = drv.connect(user, source_ip)
+        except WSError as exc:
+            counts["fail " + exc.reason] += 1
+            return
+        except Exception as exc:
+            counts[f"fail error {type(exc).__name__}"] += 1
+            return
+        latencies.append(time.monotonic() - t0)
+        counts["logged_in"] += 1
+        try:
+            if hold > 0:
+                gevent.sleep(hold)  # pushes meanwhile wait in the socket buffer
+            drv.close(conn)
+            # Read (bounded) until the server's close frame answers ours.
+            conn.sock.settimeout(min(timeout, 5.0))
+            while True:
+                conn.recv_message()
+        except WSError as exc:
+            if exc.reason in ("closed 1000", "closed 1005"):
+                counts["left"] += 1
+            elif exc.reason == "timeout":
+                counts["close timeout"] += 1
+            else:
+                counts["close " + exc.reason] += 1
+        except Exception as exc:
+            counts[f"close error {type(exc).__name__}"] += 1
+        finally:
+            conn.abort()
 
     def cmd_close_all(self, timeout=5.0, **_):
         """Close every connection (close handshake); sockets still open after ``timeout``
@@ -377,9 +376,8 @@ def main(argv=None) -> int:
     write_lock = Semaphore()
 
     def answer(obj):
-        line = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
         with write_lock:
-            stdout.write(line)
+            stdout.write(encode(obj))
             stdout.flush()
 
     def handle(msg):
@@ -398,16 +396,8 @@ def main(argv=None) -> int:
         except Exception as exc:
             answer({"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
-    while True:
-        line = stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            msg = json.loads(line)
-        except ValueError:
+    for msg in messages(stdin.readline):
+        if msg is None:
             answer({"id": None, "ok": False, "error": "bad JSON line"})
             continue
         gevent.spawn(handle, msg)

@@ -18,7 +18,9 @@ from gevent import subprocess
 from gevent.event import AsyncResult
 from gevent.queue import LifoQueue, Empty
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .harness import ROOT
+from .jsonlines import encode, messages
+
 
 
 class WorkerError(Exception):
@@ -42,14 +44,8 @@ class WorkerProcess:
         self.alive = True
 
     def _read(self):
-        stdout = self.proc.stdout
-        while True:
-            line = stdout.readline()
-            if not line:
-                break
-            try:
-                msg = json.loads(line)
-            except ValueError:
+        for msg in messages(self.proc.stdout.readline):
+            if not isinstance(msg, dict):
                 continue
             waiter = self._waiting.pop(msg.get("id"), None)
             if waiter is not None:
@@ -66,9 +62,8 @@ class WorkerProcess:
             result.set({"ok": False, "error": f"worker {self.wid} is gone"})
             return result
         self._waiting[rid] = result
-        line = json.dumps({"id": rid, "cmd": cmd, **kw}, separators=(",", ":")) + "\n"
         try:
-            self.proc.stdin.write(line.encode())
+            self.proc.stdin.write(encode({"id": rid, "cmd": cmd, **kw}))
             self.proc.stdin.flush()
         except (OSError, ValueError) as exc:
             self._waiting.pop(rid, None)

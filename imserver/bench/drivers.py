@@ -73,6 +73,10 @@ class Driver:
     def close(self, conn: WSConnection) -> None:
         conn.close(1000)
 
+    def pushed(self, conn: WSConnection, cmd: str, msg_id: str, now: float) -> None:
+        """A push read by the reader loop (a subclass may want to know whose it is)."""
+        self.on_push(cmd, msg_id, now)
+
     # -- per protocol ---------------------------------------------------------------------
 
     def login(self, conn: WSConnection, user_id: str) -> None:
@@ -125,7 +129,7 @@ class AccDriver(Driver):
             self.replies["bad frame"] += 1
             return
         if cmd in PUSH_CMDS:
-            self.on_push(cmd, frame.get("seq", ""), now)
+            self.pushed(conn, cmd, frame.get("seq", ""), now)
         else:
             try:
                 code = frame["response"]["code"]

@@ -81,24 +81,68 @@ def rows(results) -> "list[tuple[str, str, str]]":
     return out
 
 
-def table(results) -> str:
-    lines = ["| scenario | metric | value |", "|---|---|---|"]
-    lines += [f"| {s} | {m} | {v} |" for s, m, v in rows(results)]
+# -- pieces every report uses ----------------------------------------------------------------
+
+def md_table(header, rows) -> str:
+    """A Markdown table: ``header`` a tuple of column names, ``rows`` tuples of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def heading(title, results, lines=()) -> "list[str]":
+    """The top of a results.md: the title with the start time, the command, ``lines``,
+    and whether the run was aborted."""
+    meta = results.get("meta", {})
+    out = [f"# {title} ({meta.get('started', '')})", "",
+           f"- command: `{meta.get('command', '')}`", *lines]
+    if results.get("aborted"):
+        out.append(f"- **aborted**: {results['aborted']}")
+    return out
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, out_dir, name) -> str:
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=100)
+    pyplot().close(fig)
+    return name
+
+
+def write_files(out_dir, texts) -> None:
+    """Write each ``name: text`` into ``out_dir`` (made if missing)."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name, text in texts.items():
+        with open(os.path.join(out_dir, name), "w") as fh:
+            fh.write(text)
+
+
+def to_json(obj, **kw) -> str:
+    return json.dumps(obj, ensure_ascii=False, **kw)
+
+
+# -- the load tool's scenarios ------------------------------------------------------------------
+
+def table(results) -> str:
+    return md_table(("scenario", "metric", "value"), rows(results))
 
 
 def markdown(results, plots) -> str:
     meta = results.get("meta", {})
-    out = [f"# imserver.bench results ({meta.get('started', '')})", "",
-           f"- command: `{meta.get('command', '')}`",
-           f"- driver `{meta.get('driver')}`, WebSocket {', '.join(meta.get('ws_urls', []))}, "
-           f"HTTP {meta.get('http')}",
-           f"- {meta.get('client_procs', '?')} client process(es), source addresses "
-           f"{', '.join(meta.get('source_ips') or []) or 'any'}",
-           f"- server processes: {', '.join(str(p) for p in meta.get('server_pids') or []) or 'not measured'}",
-           ]
-    if results.get("aborted"):
-        out.append(f"- **aborted**: {results['aborted']}")
+    servers = ", ".join(str(p) for p in meta.get("server_pids") or []) or "not measured"
+    out = heading("imserver.bench results", results, [
+        f"- driver `{meta.get('driver')}`, WebSocket {', '.join(meta.get('ws_urls', []))}, "
+        f"HTTP {meta.get('http')}",
+        f"- {meta.get('client_procs', '?')} client process(es), source addresses "
+        f"{', '.join(meta.get('source_ips') or []) or 'any'}",
+        f"- server processes: {servers}"])
     out += ["", table(results), ""]
     b = results.get("scenarios", {}).get("broadcast")
     if b and b.get("per_message"):
@@ -116,80 +160,82 @@ def markdown(results, plots) -> str:
 
 
 def plot(out_dir, samples) -> "list[str]":
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
-
+    """latency.png and memory.png, each when the samples hold what it shows."""
+    plt = pyplot()
     written = []
-    uni = sorted(samples.get("unicast_latency_ms") or [])
-    brecv = sorted(samples.get("broadcast_receive_ms") or [])
-    blast = samples.get("broadcast_last_ms") or []
-    if uni or brecv or blast:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        ax = axes[0]
-        for values, label in ((uni, "unicast: HTTP call → frame"),
-                              (brecv, "broadcast: HTTP call → each receiver")):
-            if values:
-                n = len(values)
-                ax.plot(values, [(i + 1) / n for i in range(n)], label=label)
-        ax.set_xlabel("latency (ms)")
-        ax.set_ylabel("fraction of messages")
-        ax.set_title("Latency CDF")
-        ax.grid(True, alpha=0.3)
-        if uni or brecv:
-            ax.legend(loc="lower right", fontsize=8)
-            if min((uni or brecv)[0], (brecv or uni)[0]) > 0:
-                ax.set_xscale("log")
-                ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax = axes[1]
-        if blast:
-            ax.bar(range(1, len(blast) + 1), blast, color="tab:orange")
-            ax.set_xlabel("broadcast #")
-            ax.set_ylabel("HTTP call → last receiver (ms)")
-            ax.set_title("Broadcast: time to the last client")
-        elif uni:
-            ax.hist(uni, bins=min(50, max(5, len(uni) // 5)))
-            ax.set_xlabel("unicast latency (ms)")
-            ax.set_ylabel("messages")
-            ax.set_title("Unicast latency histogram")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "latency.png"), dpi=100)
-        plt.close(fig)
-        written.append("latency.png")
-    mem = samples.get("memory_curve") or []
-    if len(mem) >= 2:
-        base = mem[0][1]
-        ns = [p[0] for p in mem]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        axes[0].plot(ns, [p[1] / 1024 for p in mem], marker="o")
-        axes[0].set_xlabel("connections logged in")
-        axes[0].set_ylabel("server RSS (MB)")
-        axes[0].set_title("Server memory while connecting")
-        axes[0].grid(True, alpha=0.3)
-        pts = [(n, (rss - base) / n) for n, rss in mem if n > 0]
-        if pts:
-            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="tab:green")
-        axes[1].set_xlabel("connections logged in")
-        axes[1].set_ylabel("KB per connection (RSS − baseline) / N")
-        axes[1].set_title("Server memory per connection")
-        axes[1].grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "memory.png"), dpi=100)
-        plt.close(fig)
-        written.append("memory.png")
+    fig = _latency_figure(plt, samples)
+    if fig is not None:
+        written.append(save_figure(fig, out_dir, "latency.png"))
+    fig = _memory_figure(plt, samples.get("memory_curve") or [])
+    if fig is not None:
+        written.append(save_figure(fig, out_dir, "memory.png"))
     return written
 
 
+def _latency_figure(plt, samples):
+    import matplotlib.ticker
+
+    uni = sorted(samples.get("unicast_latency_ms") or [])
+    brecv = sorted(samples.get("broadcast_receive_ms") or [])
+    blast = samples.get("broadcast_last_ms") or []
+    if not (uni or brecv or blast):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    for values, label in ((uni, "unicast: HTTP call → frame"),
+                          (brecv, "broadcast: HTTP call → each receiver")):
+        if values:
+            n = len(values)
+            ax.plot(values, [(i + 1) / n for i in range(n)], label=label)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of messages")
+    ax.set_title("Latency CDF")
+    ax.grid(True, alpha=0.3)
+    if uni or brecv:
+        ax.legend(loc="lower right", fontsize=8)
+        if min((uni or brecv)[0], (brecv or uni)[0]) > 0:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax = axes[1]
+    if blast:
+        ax.bar(range(1, len(blast) + 1), blast, color="tab:orange")
+        ax.set_xlabel("broadcast #")
+        ax.set_ylabel("HTTP call → last receiver (ms)")
+        ax.set_title("Broadcast: time to the last client")
+    elif uni:
+        ax.hist(uni, bins=min(50, max(5, len(uni) // 5)))
+        ax.set_xlabel("unicast latency (ms)")
+        ax.set_ylabel("messages")
+        ax.set_title("Unicast latency histogram")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def _memory_figure(plt, mem):
+    if len(mem) < 2:
+        return None
+    base = mem[0][1]
+    ns = [p[0] for p in mem]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    axes[0].plot(ns, [p[1] / 1024 for p in mem], marker="o")
+    axes[0].set_xlabel("connections logged in")
+    axes[0].set_ylabel("server RSS (MB)")
+    axes[0].set_title("Server memory while connecting")
+    axes[0].grid(True, alpha=0.3)
+    pts = [(n, (rss - base) / n) for n, rss in mem if n > 0]
+    if pts:
+        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="tab:green")
+    axes[1].set_xlabel("connections logged in")
+    axes[1].set_ylabel("KB per connection (RSS − baseline) / N")
+    axes[1].set_title("Server memory per connection")
+    axes[1].grid(True, alpha=0.3)
+    return fig
+
+
 def write(out_dir, results, samples, plots=True) -> "list[str]":
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=2, ensure_ascii=False)
-    with open(os.path.join(out_dir, "samples.json"), "w") as fh:
-        json.dump(samples, fh)
+    write_files(out_dir, {"results.json": to_json(results, indent=2),
+                          "samples.json": json.dumps(samples)})
     written = plot(out_dir, samples) if plots else []
-    with open(os.path.join(out_dir, "results.md"), "w") as fh:
-        fh.write(markdown(results, written))
+    write_files(out_dir, {"results.md": markdown(results, written)})
     return ["results.json", "samples.json", "results.md"] + written

@@ -9,6 +9,7 @@ The module does no monkey-patching itself: the process using it must be gevent-p
 (``imserver.bench.client`` and the CLI patch first thing).
 """
 import base64
+import contextlib
 import hashlib
 import os
 import socket
@@ -101,7 +102,7 @@ class WSConnection:
                              socket.SOCK_STREAM)
         self.sock = sock
         sock.settimeout(timeout)
-        try:
+        with self._failing("connect"):
             if source_ip:
                 # Let connect() choose the port with the whole 4-tuple in view, so that one
                 # source address serves ~28,000 connections per server port.
@@ -112,17 +113,11 @@ class WSConnection:
                 sock.bind((source_ip, 0))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.connect((host, port))
-        except socket.timeout:
-            self.abort()
-            raise WSError("connect timeout")
-        except OSError as exc:
-            self.abort()
-            raise WSError(f"connect {_errname(exc)}", str(exc))
         key = base64.b64encode(os.urandom(16))
         request = (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + f"{host}:{port}".encode()
                    + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
                    + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        try:
+        with self._failing("handshake"):
             sock.sendall(request)
             head = b""
             while b"\r\n\r\n" not in head:
@@ -132,15 +127,27 @@ class WSConnection:
                 head += chunk
                 if len(head) > 16384:
                     raise WSError("handshake too long")
+        self._check_upgrade(head, key)
+
+    @contextlib.contextmanager
+    def _failing(self, stage: str):
+        """A failure of ``stage`` aborts the connection and is raised as a WSError
+        labelled with the stage."""
+        try:
+            yield
         except socket.timeout:
             self.abort()
-            raise WSError("handshake timeout")
+            raise WSError(f"{stage} timeout")
         except OSError as exc:
             self.abort()
-            raise WSError(f"handshake {_errname(exc)}", str(exc))
+            raise WSError(f"{stage} {_errname(exc)}", str(exc))
         except WSError:
             self.abort()
             raise
+
+    def _check_upgrade(self, head: bytes, key: bytes) -> None:
+        """The server's answer must be 101 with the right Sec-WebSocket-Accept; what
+        follows it is the start of the frames."""
         head, _, self._buf = head.partition(b"\r\n\r\n")
         status_line, _, header_block = head.partition(b"\r\n")
         status = status_line.split(b" ", 2)
@@ -288,17 +295,22 @@ class WSConnection:
             message = self._next()
             if message is not None:
                 return message
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                raise WSError("timeout")
-            except OSError as exc:
-                self.abort()
-                raise WSError(f"recv {_errname(exc)}", str(exc))
-            if not chunk:
-                self.abort()
-                raise ClosedError(1006, "end of stream")
-            self._feed(chunk)
+            self._read_more(self.sock.recv)
+
+    def _read_more(self, recv) -> None:
+        """Add what the socket has to the buffer; WSError when it ends or fails (the
+        connection is aborted), WSError "timeout" when its timeout passes first."""
+        try:
+            chunk = recv(65536)
+        except socket.timeout:
+            raise WSError("timeout")
+        except OSError as exc:
+            self.abort()
+            raise WSError(f"recv {_errname(exc)}", str(exc))
+        if not chunk:
+            self.abort()
+            raise ClosedError(1006, "end of stream")
+        self._feed(chunk)
 
     def serve(self, on_message, clock) -> None:
         """The reader loop: ``on_message(conn, opcode, payload, recv_time)`` for every data
@@ -313,16 +325,8 @@ class WSConnection:
             while message is not None:
                 on_message(self, message[0], message[1], now)
                 message = nxt()
-            try:
-                chunk = recv(65536)
-            except OSError as exc:
-                self.abort()
-                raise WSError(f"recv {_errname(exc)}", str(exc))
-            if not chunk:
-                self.abort()
-                raise ClosedError(1006, "end of stream")
+            self._read_more(recv)  # no socket timeout here: it blocks until data or the end
             now = clock()
-            self._feed(chunk)
 
 
 def _errname(exc: OSError) -> str:

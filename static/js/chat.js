@@ -7,9 +7,12 @@
  * (POST /user/sendMessageAll) and reconnects by itself with a capped,
  * jittered exponential backoff. The wire contract is PROTOCOL.md.
  *
- * The server picks the page's random name (userID) and, when logins need one,
+ * The server picks the page's default name (userID) and, when logins need one,
  * a token for it (token): the login's serviceToken, and the Authorization
- * header of API calls. Reconnects keep both; a reload gets a new name.
+ * header of API calls. The user may choose another name; the server checks it
+ * and mints its token (GET /home/token). The name is kept in this tab's
+ * sessionStorage, so reloads and room switches keep it while another tab gets
+ * a name of its own.
  *
  * Every piece of text that a user chose (names, messages, server reasons) is
  * put into the page with textContent, never parsed as HTML.
@@ -29,7 +32,11 @@
     heartbeatInterval: 30,
     presenceMaxRoom: 1000,
     userID: '',
-    token: ''
+    token: '',
+    roomNotFound: '',
+    maxMessageLength: 16384,
+    nameMaxLength: 20,
+    guestPrefix: ''
   };
 
   var RECONNECT_BASE_MS = 1000;
@@ -40,7 +47,8 @@
   var LIST_POLL_MS = 30000;         // online list refresh when presence events are off
   var MAX_MESSAGES = 500;           // kept in the page
   var MAX_LISTED_USERS = 300;       // rendered in the sidebar
-  var MAX_NAME_CHARS = 20;
+  var NAME_KEY = 'imserver.name';  // sessionStorage: this tab's name
+  var COUNTER_FROM = 0.8;           // the counter shows from this share of the length limit
 
   var CODES = {
     OK: 200,
@@ -49,6 +57,28 @@
     UNAUTHORIZED: 1003,
     ALREADY_DONE: 1009
   };
+
+  // The page's language for the codes; the wire's codeMsg texts are Chinese.
+  var CODE_TEXT = {
+    1000: 'not logged in',
+    1001: 'invalid parameters',
+    1002: 'invalid user name',
+    1003: 'not authorized',
+    1004: 'server error',
+    1005: 'no data',
+    1006: 'could not add',
+    1007: 'could not delete',
+    1008: 'could not store',
+    1009: 'operation failed',
+    1010: 'no such command or route',
+    1100: 'a server of the cluster did not answer',
+    1101: 'too many messages, slow down'
+  };
+
+  /** "invalid parameters (1001)": what a code means, in English. */
+  function codeText(code) {
+    return (CODE_TEXT[code] || 'error') + ' (' + code + ')';
+  }
 
   function readConfig() {
     var cfg = {};
@@ -77,6 +107,10 @@
     cfg.basePath = String(cfg.basePath || '').replace(/\/+$/, '');
     cfg.userID = String(cfg.userID || '');
     cfg.token = String(cfg.token || '');
+    cfg.roomNotFound = String(cfg.roomNotFound || '');
+    cfg.maxMessageLength = Number(cfg.maxMessageLength) > 0 ? Number(cfg.maxMessageLength) : DEFAULTS.maxMessageLength;
+    cfg.nameMaxLength = Number(cfg.nameMaxLength) > 0 ? Number(cfg.nameMaxLength) : DEFAULTS.nameMaxLength;
+    cfg.guestPrefix = String(cfg.guestPrefix || '');
     return cfg;
   }
 
@@ -158,8 +192,42 @@
 
   /** The name the server chose for this page (a page rendered without one: a guest name). */
   function pageName() {
-    var name = cfg.userID || 'Guest' + (1000 + randomInt(9000));
-    return Array.from(name).slice(0, MAX_NAME_CHARS).join('');
+    return cfg.userID || 'Guest' + (1000 + randomInt(9000));
+  }
+
+  function storedName() {
+    try {
+      return window.sessionStorage.getItem(NAME_KEY) || '';
+    } catch (err) {
+      return '';   // storage disabled: every page gets the server's name
+    }
+  }
+
+  function storeName(name) {
+    try {
+      window.sessionStorage.setItem(NAME_KEY, name);
+    } catch (err) { /* storage disabled: the name lasts as long as the page */ }
+  }
+
+  // Characters that are invisible or misleading in a name: control, format (zero
+  // width, bidi overrides), surrogate, private-use, unassigned; line breaks. The
+  // server checks the same.
+  var NOT_IN_NAMES = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}]/u;
+
+  /** Why a typed name cannot be used ('' when it can). */
+  function nameProblem(name) {
+    if (!name) return 'Type a name.';
+    if (Array.from(name).length > cfg.nameMaxLength) {
+      return 'A name is at most ' + cfg.nameMaxLength + ' characters.';
+    }
+    if (NOT_IN_NAMES.test(name)) return 'A name cannot hold control or invisible characters.';
+    return '';
+  }
+
+  /** The name as the user typed it: without the guest prefix the server adds. */
+  function typedPart(name) {
+    var prefix = cfg.guestPrefix;
+    return prefix && name.indexOf(prefix) === 0 ? name.slice(prefix.length) : name;
   }
 
   /** True when the page's token has passed its exp claim (it cannot log in again). */
@@ -189,7 +257,13 @@
     onlineCount: $('online-count'),
     onlineCountShort: $('online-count-short'),
     onlineNote: $('online-note'),
-    onlineToggle: $('online-toggle')
+    onlineToggle: $('online-toggle'),
+    counter: $('char-counter'),
+    nameEdit: $('name-edit'),
+    nameForm: $('name-form'),
+    nameInput: $('name-input'),
+    nameCancel: $('name-cancel'),
+    nameHint: $('name-hint')
   };
 
   var myName = pageName();
@@ -339,8 +413,11 @@
           throw bad;
         }
         if (body.code !== CODES.OK) {
-          var failed = new Error((body.msg || 'error') + ' (' + body.code + ')');
+          // The API's detail says what is wrong in words; the code's name is the fallback.
+          var detail = typeof body.detail === 'string' && body.detail ? body.detail : '';
+          var failed = new Error(detail ? detail + ' (' + body.code + ')' : codeText(body.code));
           failed.code = body.code;
+          failed.detail = detail;
           throw failed;
         }
         return body.data || {};
@@ -565,7 +642,7 @@
       if (code === CODES.OK) {
         loggedIn();
       } else {
-        loginRefused(code, (response && response.codeMsg) || 'login failed');
+        loginRefused(code);
       }
     }, function (err) {
       if (conn.ws) dropConnection('login: ' + err.message);
@@ -586,22 +663,26 @@
     refreshOnline();
   }
 
-  function loginRefused(code, codeMsg) {
+  function loginRefused(code) {
     var expired = code === CODES.UNAUTHORIZED && tokenExpired();
     var what = code === CODES.INVALID_USER_ID ? 'the name "' + myName + '" was refused'
       : expired ? 'this page\'s sign-in has expired, reload the page'
         : code === CODES.UNAUTHORIZED ? 'room ' + cfg.appID + ' is not open' + (cfg.token ? ' or the sign-in was refused' : '')
           : 'the server refused the login';
-    var text = 'Login failed: ' + codeMsg + ' (' + code + '): ' + what + '.';
+    var text = 'Login failed: ' + codeText(code) + ': ' + what + '.';
     if (code === CODES.INVALID_USER_ID || code === CODES.UNAUTHORIZED) {
-      // Trying again would fail the same way: stop and say so. The server names the
-      // page, so another name (or a fresh token) comes with a reload.
-      var reload = code === CODES.INVALID_USER_ID || expired;
+      // Trying again would fail the same way: stop and say so. Another name comes from
+      // the name form; a fresh token with a reload.
+      var rename = code === CODES.INVALID_USER_ID;
       stop('error', 'Login failed');
       showBanner(text, {
-        label: code === CODES.INVALID_USER_ID ? 'Try another name' : reload ? 'Reload' : 'Try again',
+        label: rename ? 'Choose another name' : expired ? 'Reload' : 'Try again',
         run: function () {
-          if (reload) {
+          if (rename) {
+            openNameForm();
+            return;
+          }
+          if (expired) {
             location.reload();
             return;
           }
@@ -770,7 +851,7 @@
 
     // Anything else the server says on its own: show it when it is an error.
     if (response.code !== undefined && response.code !== CODES.OK) {
-      notice('Server: ' + (response.codeMsg || 'error') + ' (' + response.code + ')', 'error');
+      notice('Server: ' + codeText(response.code), 'error');
     }
   }
 
@@ -785,6 +866,7 @@
     }
     els.input.value = '';
     els.input.focus();
+    updateCounter();
 
     // The server does not echo a message to its sender: show it ourselves,
     // greyed out until the server has taken it.
@@ -812,12 +894,97 @@
       if (bubble.parentNode) bubble.parentNode.removeChild(bubble);
       notice('Message not sent: ' + err.message, 'error');
       if (!els.input.value) els.input.value = text;
+      updateCounter();
     });
   }
 
   els.composer.addEventListener('submit', function (event) {
     event.preventDefault();
     sendMessage();
+  });
+
+  /** Characters left, shown near the limit (the input itself takes no more). */
+  function updateCounter() {
+    var limit = cfg.maxMessageLength;
+    var used = els.input.value.length;   // UTF-16 units, as the input's maxlength counts
+    var left = Math.max(0, limit - used);
+    els.counter.hidden = used < Math.floor(limit * COUNTER_FROM);
+    els.counter.classList.toggle('full', left === 0);
+    els.counter.textContent = left === 0 ? 'limit of ' + limit + ' characters reached'
+      : left + (left === 1 ? ' character left' : ' characters left');
+  }
+
+  els.input.maxLength = cfg.maxMessageLength;
+  els.input.addEventListener('input', updateCounter);
+  updateCounter();
+
+  // ---------------------------------------------------------------- the user's name
+
+  function showName() {
+    els.myName.textContent = myName;
+    els.myName.title = myName;
+  }
+
+  /** Log in again under ``name`` (with its token): the room sees the old name leave. */
+  function useName(name, token) {
+    var wasConnected = Boolean(conn.ws) || conn.loggedIn;
+    if (wasConnected) stop('connecting', 'Connecting…');
+    online.delete(myName);
+    myName = name;
+    cfg.token = token;
+    storeName(name);
+    showName();
+    renderOnline();
+    hideBanner();
+    conn.attempt = 0;
+    connect();
+  }
+
+  function openNameForm() {
+    els.nameForm.hidden = false;
+    els.nameEdit.setAttribute('aria-expanded', 'true');
+    els.nameHint.textContent = '';
+    els.nameInput.value = typedPart(myName);
+    els.nameInput.focus();
+    els.nameInput.select();
+  }
+
+  function closeNameForm() {
+    els.nameForm.hidden = true;
+    els.nameEdit.setAttribute('aria-expanded', 'false');
+    els.nameHint.textContent = '';
+  }
+
+  els.nameInput.maxLength = cfg.nameMaxLength;
+  els.nameEdit.addEventListener('click', function () {
+    if (els.nameForm.hidden) openNameForm(); else closeNameForm();
+  });
+  els.nameCancel.addEventListener('click', closeNameForm);
+  els.nameForm.addEventListener('keydown', function (event) {
+    if (event.key === 'Escape') closeNameForm();
+  });
+  els.nameForm.addEventListener('submit', function (event) {
+    event.preventDefault();
+    var typed = els.nameInput.value.trim();
+    var problem = nameProblem(typed);
+    if (!problem && cfg.guestPrefix + typed === myName) {
+      closeNameForm();
+      return;
+    }
+    if (!problem && online.has(cfg.guestPrefix + typed)) {
+      problem = cfg.guestPrefix + typed + ' is online in this room: choose another name.';
+    }
+    if (problem) {
+      els.nameHint.textContent = problem;
+      return;
+    }
+    els.nameHint.textContent = '';
+    api('GET', '/home/token', { appID: cfg.appID, name: typed }).then(function (data) {
+      closeNameForm();
+      useName(String(data.userID), String(data.token || ''));
+    }, function (err) {
+      els.nameHint.textContent = 'This name cannot be used: ' + err.message + '.';
+    });
   });
 
   // ---------------------------------------------------------------- sidebar drawer (narrow screens)
@@ -852,5 +1019,36 @@
     if (!conn.ws && conn.retryTimer) connect();
   });
 
-  connect();
+  // ---------------------------------------------------------------- start
+
+  if (cfg.roomNotFound) {
+    notice('There is no room "' + cfg.roomNotFound + '" here: this is room ' + cfg.appID + '.', 'error');
+    // The address bar names the room the page shows, so a reload or a bookmark is right.
+    try {
+      history.replaceState(null, '', location.pathname + '?appID=' + cfg.appID + location.hash);
+    } catch (err) { /* an old browser: the address stays as typed */ }
+  }
+
+  var kept = storedName();
+  if (kept && kept !== myName) {
+    // This tab's name from an earlier page: the server checks it and mints its token.
+    api('GET', '/home/token', { appID: cfg.appID, name: kept }).then(function (data) {
+      myName = String(data.userID);
+      cfg.token = String(data.token || '');
+      storeName(myName);
+      showName();
+      connect();
+    }, function (err) {
+      if (!err.network) {
+        storeName(myName);
+        notice('Your name "' + kept + '" cannot be used here (' + err.message + '); you are ' + myName + ' now.', 'error');
+      } else {
+        notice('Could not keep your name "' + kept + '": ' + err.message + '.', 'error');
+      }
+      connect();
+    });
+  } else {
+    storeName(myName);
+    connect();
+  }
 }());

@@ -327,9 +327,20 @@ def scenario_send_errors(run, browser, http_url, out_dir):
         body=json.dumps({"code": 1004, "msg": "系统错误", "data": None}, ensure_ascii=False)))
     box.fill("first try")
     page.locator("[data-testid=send-button]").click()
-    run.wait(page, JS_HAS_NOTICE, "Message not sent: 系统错误 (1004)", "the error notice")
+    run.wait(page, JS_HAS_NOTICE, "Message not sent: server error (1004)", "the error notice")
     run.facts["error_own_bubble"] = page.evaluate(has_own, f"{name}: first try")
     run.facts["error_input_back"] = box.input_value()
+    page.unroute("**/user/sendMessageAll")
+
+    run.step = "the server answers an error with a detail"
+    detail = "message is 20000 characters, more than app.maxMessageLength (16384)"
+    page.route("**/user/sendMessageAll", lambda route: route.fulfill(
+        status=200, content_type="application/json; charset=utf-8",
+        body=json.dumps({"code": 1001, "msg": "参数不合法", "data": None, "detail": detail},
+                        ensure_ascii=False)))
+    page.locator("[data-testid=send-button]").click()
+    run.wait(page, JS_HAS_NOTICE, f"Message not sent: {detail} (1001)", "the detail notice")
+    run.facts["detail_notice"] = True
     page.unroute("**/user/sendMessageAll")
 
     run.step = "the server cannot be reached"
@@ -356,8 +367,182 @@ def scenario_send_errors(run, browser, http_url, out_dir):
     context.close()
 
 
+JS_PAGE_CONFIG = "() => JSON.parse(document.getElementById('config').textContent)"
+JS_ONLINE_AS = """(name) => document.querySelector('[data-testid=status]').getAttribute('data-state')
+    === 'online' && document.querySelector('[data-testid=my-name]').textContent === name"""
+
+
+def wait_online(run, page, what):
+    run.wait(page, "() => document.querySelector('[data-testid=status]')"
+             ".getAttribute('data-state') === 'online'", what=what)
+    return page.locator("[data-testid=my-name]").text_content()
+
+
+def rename(run, page, typed):
+    """Type ``typed`` into the name form and save; the hint shown, if any."""
+    if page.locator("[data-testid=name-form]").is_hidden():
+        page.locator("[data-testid=name-edit]").click()
+    box = page.locator("[data-testid=name-input]")
+    box.fill("")
+    box.type(typed)
+    page.locator("[data-testid=name-save]").click()
+    page.wait_for_timeout(300)
+    hint = page.locator("[data-testid=name-hint]")
+    return hint.text_content() if hint.is_visible() else ""
+
+
+def scenario_names(run, browser, http_url, out_dir):
+    """The name: ASCII by default, kept over reloads and room switches in one tab, another
+    in a new tab; the user chooses one (checked), and the room sees the change."""
+    url = f"{http_url}/home/index?appID=101"
+    context = browser.new_context()
+    page = context.new_page()
+    run.watch("A", page)
+
+    run.step = "the default name"
+    page.goto(url, wait_until="domcontentloaded")
+    first = wait_online(run, page, "A online")
+    run.facts["default_name"] = first
+    run.facts["guest_prefix"] = page.evaluate(JS_PAGE_CONFIG)["guestPrefix"]
+
+    run.step = "reload keeps the name"
+    page.reload(wait_until="domcontentloaded")
+    run.facts["after_reload"] = wait_online(run, page, "A online after reload")
+
+    run.step = "a room switch keeps the name"
+    page.locator("[data-testid=room-link]", has_text="102").click()
+    page.wait_for_url("**/home/index?appID=102")
+    run.facts["after_room_switch"] = wait_online(run, page, "A online in room 102")
+    run.facts["room_after_switch"] = page.evaluate(JS_PAGE_CONFIG)["appID"]
+
+    run.step = "another tab has its own name"
+    other = context.new_page()
+    run.watch("A2", other)
+    other.goto(url, wait_until="domcontentloaded")
+    run.facts["other_tab_name"] = wait_online(run, other, "second tab online")
+    other.close()
+
+    run.step = "names that cannot be used"
+    page.goto(url, wait_until="domcontentloaded")
+    wait_online(run, page, "A back in room 101")
+    run.facts["hint_empty"] = rename(run, page, "   ")
+    run.facts["hint_invisible"] = rename(run, page, "Zero\u200bWidth")
+    box = page.locator("[data-testid=name-input]")
+    box.fill("")
+    box.type("x" * 25)  # the box takes 20 of them
+    run.facts["too_long_kept_to"] = len(box.input_value())
+    page.locator("#name-cancel").click()
+    run.facts["name_after_refusals"] = page.locator("[data-testid=my-name]").text_content()
+
+    run.step = "B watches the room"
+    ctx_b = browser.new_context()
+    page_b = ctx_b.new_page()
+    run.watch("B", page_b)
+    page_b.goto(url, wait_until="domcontentloaded")
+    name_b = wait_online(run, page_b, "B online")
+    run.wait(page_b, JS_HAS_ONLINE, first, "B lists A")
+
+    run.step = "A chooses a name"
+    typed = f"Zoë {secrets.token_hex(3)} 🦊"
+    run.facts["typed"] = typed
+    run.facts["hint_good"] = rename(run, page, typed)
+    chosen = run.facts["guest_prefix"] + typed
+    run.wait(page, JS_ONLINE_AS, chosen, "A online under the chosen name")
+    run.facts["chosen_notice"] = page.evaluate(JS_HAS_NOTICE, f"You are connected as {chosen}")
+    run.wait(page_b, JS_HAS_ONLINE, chosen, "B lists A's new name")
+    run.wait(page_b, f"(name) => !({JS_HAS_ONLINE})(name)", first, "A's old name gone from B's list")
+    run.facts["b_notices"] = [t for t in page_b.evaluate(JS_MESSAGES) if "notice" in t]
+
+    run.step = "a name online in the room is refused"
+    run.facts["hint_taken"] = rename(run, page_b, typed)
+    run.facts["b_name_kept"] = page_b.locator("[data-testid=my-name]").text_content() == name_b
+    page_b.locator("#name-cancel").click()
+
+    run.step = "the chosen name stays over a reload"
+    page.reload(wait_until="domcontentloaded")
+    run.wait(page, JS_ONLINE_AS, chosen, "A online under the chosen name after a reload")
+    run.facts["after_reload_chosen"] = page.locator("[data-testid=my-name]").text_content()
+    run.facts["b_still_lists_chosen"] = page_b.evaluate(JS_HAS_ONLINE, chosen)
+    if out_dir:
+        page.locator("[data-testid=name-edit]").click()
+        page.screenshot(path=os.path.join(out_dir, "chat-name.png"))
+    ctx_b.close()
+    context.close()
+
+
+def scenario_unknown_room(run, browser, http_url, out_dir):
+    """?appID=999: the page says there is no such room and shows the first one."""
+    context = browser.new_context()
+    page = context.new_page()
+    run.watch("lost", page)
+    run.step = "open a room that does not exist"
+    page.goto(f"{http_url}/home/index?appID=999", wait_until="domcontentloaded")
+    wait_online(run, page, "online in the first room")
+    run.facts["notices"] = [t for t in page.evaluate(JS_MESSAGES) if t.startswith("notice")]
+    run.facts["url"] = page.url
+    run.facts["current_room"] = page.locator(
+        "[data-testid=room-link][aria-current=page]").text_content()
+    run.step = "a reload shows the room without the notice"
+    page.reload(wait_until="domcontentloaded")
+    wait_online(run, page, "online after the reload")
+    run.facts["notices_after_reload"] = [t for t in page.evaluate(JS_MESSAGES)
+                                         if t.startswith("notice")]
+    if out_dir:
+        page.screenshot(path=os.path.join(out_dir, "chat-unknown-room.png"))
+    context.close()
+
+
+def scenario_long_message(run, browser, http_url, out_dir):
+    """The node allows 30 characters per message (app.maxMessageLength): the box takes no
+    more, a counter shows what is left near the limit, and 30 characters are delivered."""
+    url = f"{http_url}/home/index?appID=101"
+    ctx_a, page_a, name_a = open_chat(run, browser, "A", url)
+    ctx_b, page_b, name_b = open_chat(run, browser, "B", url)
+    box = page_a.locator("[data-testid=message-input]")
+    counter = page_a.locator("[data-testid=char-counter]")
+
+    run.step = "short text: no counter"
+    box.type("a" * 20)
+    run.facts["counter_visible_at_20"] = counter.is_visible()
+    run.step = "near the limit: the counter"
+    box.type("b" * 6)
+    run.facts["counter_at_26"] = counter.text_content() if counter.is_visible() else None
+    run.step = "past the limit: the box takes no more"
+    box.type("c" * 10)
+    run.facts["length_after_typing_36"] = len(box.input_value())
+    run.facts["counter_at_limit"] = counter.text_content() if counter.is_visible() else None
+    run.facts["counter_full_class"] = "full" in (counter.get_attribute("class") or "")
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-counter.png"))
+    run.step = "the 30 characters are delivered"
+    text = box.input_value()
+    page_a.locator("[data-testid=send-button]").click()
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {text}", False], "the line on B")
+    run.facts["delivered"] = text
+    run.facts["counter_after_send"] = counter.is_visible()
+    ctx_a.close()
+    ctx_b.close()
+
+
+def scenario_send_refused(run, browser, http_url, out_dir):
+    """The node wants auth.apiKey for sends and has no login tokens for the page: the
+    page shows the API's own sentence, not the code's Chinese message."""
+    url = f"{http_url}/home/index?appID=101"
+    context, page, name = open_chat(run, browser, "sender", url)
+    run.step = "send"
+    page.locator("[data-testid=message-input]").fill("hello")
+    page.locator("[data-testid=send-button]").click()
+    run.wait(page, """() => Array.from(document.querySelectorAll(
+        '[data-testid=messages] [data-testid=notice]')).some(
+        e => e.textContent.startsWith('Message not sent: '))""", what="the refusal notice")
+    run.facts["notices"] = [t for t in page.evaluate(JS_MESSAGES) if "Message not sent" in t]
+    context.close()
+
+
 SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenario_refused,
-             "reconnect": scenario_reconnect, "send-errors": scenario_send_errors}
+             "reconnect": scenario_reconnect, "send-errors": scenario_send_errors,
+             "names": scenario_names, "unknown-room": scenario_unknown_room,
+             "long-message": scenario_long_message, "send-refused": scenario_send_refused}
 
 
 def main(argv=None):

@@ -14,47 +14,16 @@ monkey.patch_all()
 
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 
 import gevent  # noqa: E402
 import websocket  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-CONF = {"naive": "naive_gunicorn.conf.py", "socketio": "socketio_gunicorn.conf.py"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def worker_pid(master_pid) -> int:
-    with open(f"/proc/{master_pid}/task/{master_pid}/children") as fh:
-        children = fh.read().split()
-    if len(children) != 1:
-        raise RuntimeError(f"expected one worker, found {children}")
-    return int(children[0])
-
-
-def state(port) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/system/state", timeout=5) as r:
-        return json.loads(r.read())["data"]
+from imserver.bench import procstat  # noqa: E402
+from imserver.bench.harness import PeerServer, free_port  # noqa: E402
 
 
 def open_naive(port, i):
@@ -100,36 +69,27 @@ def main():
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     settle = float(sys.argv[3]) if len(sys.argv) > 3 else 3.0
     port = free_port()
-    env = dict(os.environ, PEER_PORT=str(port), PEER_PRESENCE_MAX_ROOM="0")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", os.path.join(HERE, CONF[kind])],
-                            cwd=ROOT, env=env)
+    log_path = os.path.join(tempfile.gettempdir(), f"idle_rss-{kind}-{port}.log")
+    peer = PeerServer(kind, port, log_path, env={"PEER_PRESENCE_MAX_ROOM": "0"})
+    opener = open_naive if kind == "naive" else open_socketio
     clients = []
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                state(port)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("peer did not start")
-                time.sleep(0.1)
-        wpid = worker_pid(proc.pid)
+        peer.start(timeout=20)
+        wpid = peer.worker_pid()
         # warm up: one connection through every code path, then closed
-        warm = (open_naive if kind == "naive" else open_socketio)(port, "warm")
-        warm.close()
+        opener(port, "warm").close()
         time.sleep(1.0)
-        before = rss_kib(wpid)
-        opener = open_naive if kind == "naive" else open_socketio
+        before = procstat.rss_kb(wpid)
         started = time.time()
         pool = Pool(200)
         clients = list(pool.imap_unordered(lambda i: opener(port, i), range(n)))
         took = time.time() - started
-        readers = [gevent.spawn(keep_alive, ws) for ws in clients]
+        for ws in clients:
+            gevent.spawn(keep_alive, ws)
         time.sleep(settle)
-        s = state(port)
-        after = rss_kib(wpid)
-        print(json.dumps({"peer": kind, "connections": n, "state": s,
+        state = peer.get("/system/state")["data"]
+        after = procstat.rss_kb(wpid)
+        print(json.dumps({"peer": kind, "connections": n, "state": state,
                           "loginSeconds": round(took, 2),
                           "rssBeforeKiB": before, "rssAfterKiB": after,
                           "rssPerConnectionKiB": round((after - before) / n, 2)}))
@@ -139,13 +99,7 @@ def main():
                 ws.close(timeout=0)
             except Exception:
                 pass
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        peer.stop(timeout=15)
 
 
 if __name__ == "__main__":

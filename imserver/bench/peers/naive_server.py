@@ -285,13 +285,12 @@ def bad_parameter(exc):
 
 
 def params() -> dict:
-    merged = {k.lower(): v for k, v in request.args.items()}
-    merged.update((k.lower(), v) for k, v in request.form.items())
-    if request.is_json:
-        body = request.get_json(silent=True)
-        if isinstance(body, dict):
-            merged.update((str(k).lower(), v) for k, v in body.items())
-    return merged
+    """Query string, form and JSON object body in one dict (later wins), keys lower case."""
+    sources = [request.args, request.form]
+    body = request.get_json(silent=True) if request.is_json else None
+    if isinstance(body, dict):
+        sources.append(body)
+    return {str(k).lower(): v for source in sources for k, v in source.items()}
 
 
 def param_app_id(p, required=True):
@@ -338,15 +337,20 @@ def claim_msg_id(msg_id) -> bool:
     return True
 
 
+def send_params(p) -> tuple:
+    """(appID, userID, msgID, message) of a send; BadParameter as imserver answers."""
+    return (param_app_id(p), param_user_id(p), param_text(p, "msgid", required=False),
+            param_text(p, "message"))
+
+
+DUPLICATE = {"sendResults": False, "duplicate": True}
+
+
 @app.route("/user/sendMessageAll", methods=["POST"])
 def send_message_all():
-    p = params()
-    app_id = param_app_id(p)
-    sender = param_user_id(p)
-    msg_id = param_text(p, "msgid", required=False)
-    message = param_text(p, "message")
+    app_id, sender, msg_id, message = send_params(params())
     if not claim_msg_id(msg_id):
-        return answer(data={"sendResults": False, "duplicate": True})
+        return answer(data=DUPLICATE)
     push_to_room(app_id, sender, msg_id or next_seq(), "msg", message)
     return answer(data={"sendResults": True})
 
@@ -354,13 +358,10 @@ def send_message_all():
 @app.route("/user/sendMessage", methods=["POST"])
 def send_message():
     p = params()
-    app_id = param_app_id(p)
-    user_id = param_user_id(p)
-    msg_id = param_text(p, "msgid", required=False)
-    message = param_text(p, "message")
+    app_id, user_id, msg_id, message = send_params(p)
     sender = param_text(p, "from", required=False)
     if not claim_msg_id(msg_id):
-        return answer(data={"sendResults": False, "duplicate": True})
+        return answer(data=DUPLICATE)
     conn = users.get((app_id, user_id))
     if conn is None:
         seen_msg_ids.pop(msg_id, None)  # a later retry may still deliver it
