@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,24 +34,63 @@ def require_chromium():
         pytest.fail(INSTALL_HINT, pytrace=False)
 
 
-def run_scenario(name, node, out_dir):
-    """Run one scenario against the node and return its JSON report."""
+def run_scenario(name, node, out_dir, actions=None, other=None):
+    """Run one scenario against the node and return its JSON report. ``actions``: what the
+    scenario may ask this test to do mid-way ({"stop-node": fn, ...}); ``other``: a second
+    node of the same cluster."""
     require_chromium()
     cmd = [sys.executable, str(SCENARIO), "--scenario", name, "--http-url", node.http_url,
            "--out-dir", str(out_dir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
+    if other is not None:
+        cmd += ["--other-url", other.http_url]
+    with open(Path(out_dir) / f"{name}.stderr", "w+") as stderr:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+        timed_out = []
+        timer = threading.Timer(SCENARIO_TIMEOUT, lambda: timed_out.append(proc.kill()))
+        timer.start()
+        try:
+            lines = answer_asks(proc, actions or {})
+        finally:
+            timer.cancel()
+            proc.stdin.close()
+            proc.wait()
+        stderr.seek(0)
+        errors = stderr.read()
+    output = "\n".join(lines)
+    if timed_out:
         pytest.fail(f"scenario {name!r} did not finish within {SCENARIO_TIMEOUT}s\n"
-                    f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}", pytrace=False)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+                    f"stdout:\n{output}\nstderr:\n{errors[-4000:]}", pytrace=False)
     try:
         report = json.loads(lines[-1])
     except (IndexError, ValueError):
         pytest.fail(f"scenario {name!r} printed no JSON report (exit {proc.returncode})\n"
-                    f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}", pytrace=False)
+                    f"stdout:\n{output}\nstderr:\n{errors[-4000:]}", pytrace=False)
+    (Path(out_dir) / f"{name}.json").write_text(explain(report))  # next to the screenshots
     return report
+
+
+def answer_asks(proc, actions):
+    """Read the scenario's output; do what it asks ({"ask": action}) and answer "done
+    <action>" or why not. The other lines, in order."""
+    lines = []
+    for line in proc.stdout:
+        try:
+            ask = json.loads(line).get("ask")
+        except (ValueError, AttributeError):
+            ask = None
+        if ask is None:
+            if line.strip():
+                lines.append(line.rstrip("\n"))
+            continue
+        try:
+            actions[ask]()
+            answer = f"done {ask}"
+        except Exception as exc:  # the scenario reports it as its failure
+            answer = f"failed {ask}: {type(exc).__name__}: {exc}".replace("\n", " ")
+        proc.stdin.write(answer + "\n")
+        proc.stdin.flush()
+    return lines
 
 
 def explain(report):

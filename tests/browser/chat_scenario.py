@@ -7,6 +7,9 @@ greenlets, which is no place to mix with a patched process that also serves the 
     python tests/browser/chat_scenario.py --scenario chat --http-url http://127.0.0.1:8080 \
         --out-dir /tmp/shots
 
+A scenario that needs the node stopped, started or changed asks the test for it: it prints
+{"ask": "<action>"} on a line of its own and reads "done <action>" (or why it failed) from stdin.
+
 The last line on stdout is one JSON object:
     {"ok": bool, "step": "<last step started>", "error": "<why it stopped>" or null,
      "facts": {...}, "page_errors": [...], "console_errors": [...], "diagnostics": {...}}
@@ -65,7 +68,8 @@ class StepFailed(Exception):
 class Run:
     """Collects facts, errors and the name of the step in progress."""
 
-    def __init__(self):
+    def __init__(self, other_url=""):
+        self.other_url = other_url  # a second node of the same cluster, when the test has one
         self.step = "start"
         self.facts = {}
         self.page_errors = []
@@ -78,11 +82,19 @@ class Run:
         page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(
             f"{label}: {msg.text}"))
 
-    def wait(self, page, js, arg=None, what=""):
+    def wait(self, page, js, arg=None, what="", timeout=WAIT_MS):
         try:
-            page.wait_for_function(js, arg=arg, timeout=WAIT_MS)
+            page.wait_for_function(js, arg=arg, timeout=timeout)
         except Exception as exc:  # Playwright's TimeoutError and friends
-            raise StepFailed(f"{what or js}: not seen within {WAIT_MS} ms ({type(exc).__name__})")
+            raise StepFailed(f"{what or js}: not seen within {timeout} ms ({type(exc).__name__})")
+
+    def ask(self, action):
+        """Have the test do ``action`` (stop the node, ...) and wait until it is done."""
+        sys.stdout.write(json.dumps({"ask": action}) + "\n")
+        sys.stdout.flush()
+        answer = sys.stdin.readline().strip()
+        if answer != f"done {action}":
+            raise StepFailed(f"the test could not {action}: {answer or 'no answer'}")
 
     def diagnostics(self):
         out = {}
@@ -550,11 +562,13 @@ def main(argv=None):
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
     parser.add_argument("--http-url", required=True, help="the node's HTTP base, e.g. http://127.0.0.1:8080")
     parser.add_argument("--out-dir", default="", help="where screenshots go")
+    parser.add_argument("--other-url", default="",
+                        help="the HTTP base of another node of the same cluster, if any")
     args = parser.parse_args(argv)
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
 
-    run = Run()
+    run = Run(args.other_url.rstrip("/"))
     result = {"ok": False, "error": None}
     started = time.monotonic()
     try:
