@@ -103,6 +103,17 @@ def assert_ok(report):
     assert report["console_errors"] == [], explain(report)
 
 
+def assert_ok_but_refused_requests(report):
+    """assert_ok, except that Chromium's own console lines about failed requests and
+    sockets (a stopped node) count for nothing: only the page's errors do."""
+    assert report["ok"], f"stopped at step {report['step']!r}: {report['error']}\n{explain(report)}"
+    assert report["page_errors"] == [], explain(report)
+    unexplained = [line for line in report["console_errors"]
+                   if not re.search(r"Failed to load resource|WebSocket connection to .* failed",
+                                    line)]
+    assert unexplained == [], explain(report)
+
+
 def png_size(path):
     with open(path, "rb") as f:
         head = f.read(24)
@@ -186,9 +197,15 @@ def test_failed_send_is_reported(node, tmp_path):
     facts = report["facts"]
     assert facts["error_own_bubble"] is False and facts["error_input_back"] == "first try"
     assert facts["detail_notice"]  # the API's detail, not 参数不合法 (1001)
-    assert facts["network_tries"] == 2 and facts["network_same_msgid"], facts
+    # unreachable: the message waits, is not tried again at once, and goes out later
+    # with the msgID it got when typed
+    assert facts["network_tries_at_once"] == 1, facts
     assert facts["network_form"] == ["appID", "message", "msgID", "userID"]
-    assert facts["network_own_bubble"] is False and facts["network_input_back"] == "second try"
+    waiting = facts["network_waiting"]
+    assert waiting and waiting["pending"] and waiting["note"] == RETRY, waiting
+    assert facts["network_errors"] == [] and facts["network_input"] == "", facts
+    assert len(facts["network_msgids"]) == 2, facts
+    assert len(set(facts["network_msgids"])) == 1, facts
 
 
 def check_names(facts, prefix):
@@ -263,3 +280,92 @@ def test_an_api_refusal_shows_its_detail(make_node, tmp_path):
     assert report["page_errors"] == [], explain(report)
     assert report["facts"]["notices"] == [
         "notice: Message not sent: send the key of auth.apiKey in the X-API-Key header (1003)"]
+
+
+# -- sending while the connection is down or the node drains --------------------------------
+
+WAITING = "waiting for the connection"
+RETRY = "not sent yet, will retry"
+
+
+def restartable(node, closed=False):
+    """Actions that stop ``node`` (SIGTERM: it drains, closing its clients with 1001) and
+    start it again on the same ports; ``closed``: started again wanting sign-in."""
+    def start_closed():
+        node.config.setdefault("auth", {})["secret"] = "s" * 40
+        node.start()
+
+    actions = {"stop-node": node.stop, "start-node": node.start}
+    if closed:
+        actions["start-node-closed"] = start_closed
+    return actions
+
+
+def test_a_message_typed_while_disconnected_waits_and_goes_after_login(start_cluster_node,
+                                                                       tmp_path):
+    """A's node stops and comes back; B is on another node of the cluster the whole time."""
+    node_a = start_cluster_node(name="a")
+    node_b = start_cluster_node(name="b")
+    report = run_scenario("send-while-down", node_a, tmp_path, restartable(node_a), node_b)
+    assert_ok_but_refused_requests(report)
+    facts = report["facts"]
+    assert facts["close_notice"], "no notice of the 1001 close"
+    assert facts["input_cleared"]
+    # shown as waiting, not as sent, and not posted
+    for line in facts["while_down"]:
+        assert line and line["pending"] and line["busy"] == "true", facts["while_down"]
+        assert line["note"] == WAITING and line["label"] == WAITING, line
+        assert line["shown"] == f'"{WAITING}"', line  # the words are on screen
+    assert facts["posts_while_down"] == 0 and facts["errors_while_down"] == [], facts
+    # after the login: posted in order, with the msgIDs they got when typed, delivered, sent
+    msg_ids = [line["msgID"] for line in facts["while_down"]]
+    assert all(msg_ids) and len(set(msg_ids)) == 2
+    assert [msg_id for msg_id, _ in facts["posts"]] == msg_ids, facts["posts"]
+    assert min(facts["logins_before_posts"]) >= 1, facts  # only after a new login
+    assert facts["b_lines"] == facts["lines"], facts
+    for line in facts["after_login"]:
+        assert not line["pending"] and line["note"] is None and not line["partial"], line
+
+
+def test_a_503_from_a_draining_node_waits_for_the_next_login(start_cluster_node, tmp_path):
+    """The 503 is injected (Playwright answers for the node); the drain and the new login
+    are real."""
+    node_a = start_cluster_node(name="a")
+    node_b = start_cluster_node(name="b")
+    report = run_scenario("drain-503", node_a, tmp_path, restartable(node_a), node_b)
+    assert_ok_but_refused_requests(report)
+    facts = report["facts"]
+    after = facts["after_503"]
+    assert after and after["pending"] and after["note"] == RETRY, after
+    assert facts["errors_after_503"] == [], facts
+    # not sent again to the node that refused it, nor while there is no connection
+    assert facts["posts_before_login"] == 1, facts
+    assert facts["while_down"] and facts["while_down"]["pending"], facts
+    # sent again after the next login, with the same msgID, and delivered once
+    posts = facts["posts"]
+    assert len(posts) == 2 and posts[0] == posts[1], posts
+    assert posts[0][0] == after["msgID"]
+    first, second = facts["logins_before_posts"]
+    assert second > first, facts
+    assert facts["b_copies"] == 1
+    assert facts["after_login"] and not facts["after_login"]["pending"], facts
+    assert facts["after_login"]["note"] is None
+
+
+def test_a_waiting_message_is_given_back_when_the_page_stops(make_node, tmp_path):
+    """The node comes back wanting sign-in, which the page lacks: the page stops trying,
+    and the line that waited is not sent but back in the message box."""
+    node = make_node(name="closing")
+    report = run_scenario("given-up", node, tmp_path, restartable(node, closed=True))
+    assert_ok_but_refused_requests(report)
+    facts = report["facts"]
+    waiting = facts["while_down"]
+    assert waiting and waiting["pending"] and waiting["note"] == WAITING, waiting
+    assert facts["after_refusal"] is None, "the line is still shown"
+    assert "Message not sent: not connected to the server" in facts["errors"], facts
+    assert facts["input"] == facts["line"]
+    # stopped: a new send is refused at once, and the text stays
+    assert facts["errors_after_second"].count(
+        "Message not sent: not connected to the server") == 2, facts
+    assert facts["input_after_second"] == facts["line"] and facts["own_after_second"] is None
+    assert facts["posts"] == 0
