@@ -352,6 +352,26 @@ def test_a_503_from_a_draining_node_waits_for_the_next_login(start_cluster_node,
     assert facts["after_login"]["note"] is None
 
 
+def test_a_message_that_reached_part_of_the_cluster_is_marked(start_cluster_node,
+                                                             redis_server, tmp_path):
+    """Redis goes away: the node delivers on its own users only and says so; the page
+    shows the message as sent, with a mark that says it may not have reached everyone."""
+    node = start_cluster_node(name="a")
+    report = run_scenario("partial", node, tmp_path, {"stop-redis": redis_server.stop})
+    assert_ok(report)
+    facts = report["facts"]
+    assert facts["whole"]["note"] is None and not facts["whole"]["partial"], facts["whole"]
+    part = facts["part"]
+    assert part and not part["pending"] and part["partial"], part
+    assert part["note"] == "may not have reached everyone"
+    assert part["label"].startswith("may not have reached everyone: ")
+    assert "delivered on this node only" in part["title"], part
+    assert part["label"] == part["title"]
+    assert part["badge"] == '"!"', part
+    assert facts["marks"] == 1 and facts["mark_visible"]
+    assert facts["marks_by_role"] == 1
+
+
 def test_a_waiting_message_is_given_back_when_the_page_stops(make_node, tmp_path):
     """The node comes back wanting sign-in, which the page lacks: the page stops trying,
     and the line that waited is not sent but back in the message box."""

@@ -875,6 +875,7 @@
   // and posts one at a time, so that the room gets them in that order.
   var NOTE_WAITING = 'waiting for the connection';
   var NOTE_RETRY = 'not sent yet, will retry';
+  var NOTE_PARTIAL = 'may not have reached everyone';
   var NOT_CONNECTED = 'not connected to the server';
   // Resends while the same login lasts (the socket is fine but the HTTP call was
   // not): the pauses before each; after the last the message is given back.
@@ -1017,7 +1018,16 @@
   function markSent(bubble, data) {
     bubble.classList.remove('pending');
     bubble.removeAttribute('aria-busy');
-    setNote(bubble, '');
+    // The server took it but says that part of the cluster may not have it
+    // (e.g. "delivered on this node only" while the cluster store is down).
+    var missed = Array.isArray(data.unreachableNodes) && data.unreachableNodes.length > 0;
+    var why = typeof data.sendResultsErr === 'string' ? data.sendResultsErr : '';
+    if (why || missed) {
+      bubble.classList.add('partial');
+      setNote(bubble, NOTE_PARTIAL, why || 'some servers did not answer');
+    } else {
+      setNote(bubble, '');
+    }
   }
 
   /**

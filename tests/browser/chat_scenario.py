@@ -558,7 +558,7 @@ def scenario_send_refused(run, browser, http_url, out_dir):
     context.close()
 
 
-# ---- sending while the connection is down or to a draining node ----
+# ---- sending while the connection is down, to a draining node, to part of the cluster ----
 
 NOTE_WAITING = "waiting for the connection"
 NOTE_RETRY = "not sent yet, will retry"
@@ -721,6 +721,41 @@ def scenario_drain_503(run, browser, http_url, out_dir):
     ctx_b.close()
 
 
+def scenario_partial(run, browser, http_url, out_dir):
+    """The cluster store goes away: a message is delivered on this node only, and A's own
+    bubble says it may not have reached everyone."""
+    room = f"{http_url}/home/index?appID=101"
+    (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(run, browser, room, room)
+    box = page_a.locator("[data-testid=message-input]")
+
+    run.step = "a line while the cluster is whole"
+    whole = f"everyone gets this {secrets.token_hex(3)}"
+    box.fill(whole)
+    box.press("Enter")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {whole}", False], "the first line on B")
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {whole}", "the first line sent")
+    run.facts["whole"] = page_a.evaluate(JS_OWN, f"{name_a}: {whole}")
+
+    run.step = "a line while Redis is down"
+    run.ask("stop-redis")
+    part = f"only this node gets this {secrets.token_hex(3)}"
+    box.fill(part)
+    box.press("Enter")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {part}", False], "the second line on B")
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {part}", "the second line sent")
+    page_a.wait_for_timeout(200)
+    run.facts["part"] = page_a.evaluate(JS_OWN, f"{name_a}: {part}")
+    mark = page_a.locator("[data-testid=message].own.partial [data-testid=message-note]")
+    run.facts["marks"] = mark.count()
+    run.facts["mark_visible"] = mark.count() == 1 and mark.is_visible()
+    run.facts["marks_by_role"] = page_a.get_by_role(
+        "img", name=re.compile("may not have reached everyone")).count()
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-partial.png"))
+    ctx_a.close()
+    ctx_b.close()
+
+
 def scenario_given_up(run, browser, http_url, out_dir):
     """A line waits while the node is down; the node comes back wanting sign-in, which the
     page does not have: the page stops, and the line is not sent but given back."""
@@ -763,7 +798,7 @@ SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenar
              "names": scenario_names, "unknown-room": scenario_unknown_room,
              "long-message": scenario_long_message, "send-refused": scenario_send_refused,
              "send-while-down": scenario_send_while_down, "drain-503": scenario_drain_503,
-             "given-up": scenario_given_up}
+             "partial": scenario_partial, "given-up": scenario_given_up}
 
 
 def main(argv=None):
