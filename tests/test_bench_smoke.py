@@ -1,11 +1,14 @@
 """The load tool (``python -m imserver.bench``) against a real node, small and short: every
 scenario runs, the numbers add up, and the result files are written."""
 import json
+import math
 import os
+import re
 import subprocess
 import sys
+import time
 
-from support import ROOT, wait_until
+from support import ROOT, free_port, wait_until
 
 N = 200
 BROADCASTS = 3
@@ -31,6 +34,7 @@ def test_suite_against_a_node(make_node, tmp_path):
                  "--wait", "10", "--max-seconds", "60", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| unicast | latency p50 / p99 / max (ms) |" in proc.stdout  # the summary table
+    assert "| broadcast | server CPU per delivery, net of idle (µs) |" in proc.stdout
 
     results = json.loads((out / "results.json").read_text())
     assert "aborted" not in results
@@ -45,7 +49,10 @@ def test_suite_against_a_node(make_node, tmp_path):
     assert connect["connected"] == N and connect["failed"] == 0, connect
     assert connect["rate_per_s"] > 0 and connect["seconds_to_all_logged_in"] > 0
     assert connect["server_state_connections"] == N
-    assert len(connect["memory_curve"]) >= 2 and connect["memory_curve"][-1][0] == N
+    # The baseline, then one point after each of the --mem-steps (10) rounds, however
+    # fast the connections come.
+    assert [n for n, _ in connect["memory_curve"]] == \
+        [0] + [math.ceil(N * (i + 1) / 10) for i in range(10)], connect["memory_curve"]
 
     idle = sc["idle"]
     assert idle["connections_at_end"] == N and idle["dropped"] == 0, idle
@@ -143,3 +150,61 @@ def test_client_codec_reads_split_fragmented_and_control_frames():
     assert frame[1] == 0x83 and unmask(frame[6:], frame[2:6]) == b"abc"
     a.close()
     b.close()
+
+
+def test_a_run_where_no_connection_succeeds_fails_and_says_why(tmp_path):
+    port = free_port()  # nothing listens there
+    out = tmp_path / "results"
+    proc = bench("connect", "--ws", f"ws://127.0.0.1:{port}/acc", "--http",
+                 f"http://127.0.0.1:{port}", "-n", "50", "--quiet", "--no-plots",
+                 "--out", str(out), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"no connection succeeded: 0 of 50 to ws://127.0.0.1:{port}/acc" in proc.stderr
+    assert "connect ECONNREFUSED: 50" in proc.stderr and "is a server listening" in proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["scenarios"]["connect"]["connected"] == 0
+    assert results["aborted"].startswith("no connection succeeded")
+
+
+def _rate(data: bytes, bar: bytes) -> float:
+    """The rate the last state of a progress bar shows, in messages per second."""
+    states = [s for s in re.split(rb"[\r\n]", data) if s.startswith(bar + b":")]
+    assert states, f"no {bar} bar"
+    value, prefix = re.search(rb"([\d.]+)([kMG]?)msg/s", states[-1]).groups()
+    return float(value) * {b"": 1, b"k": 1e3, b"M": 1e6, b"G": 1e9}[prefix]
+
+
+def test_progress_keeps_moving_and_its_rates_are_per_second_of_the_phase(make_node, tmp_path):
+    node = make_node({"app": {"logLevel": "info", "accessLog": False}})
+    err_path, out = tmp_path / "stderr", tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMSERVER_")}
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imserver.bench", "suite", "--scenarios",
+             "idle,broadcast,unicast", "--ws", node.ws_url, "--http", node.http_url, "-n", "50",
+             "--heartbeat-interval", "0", "--duration", "1.5", "--idle-probe", "1.5",
+             "--messages", "4", "--interval", "1", "--unicast-messages", "40", "--rate", "20",
+             "--wait", "10", "--max-seconds", "60", "--no-plots", "--out", str(out)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        growth = []  # (when, size) each time stderr grew
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            size = err_path.stat().st_size
+            if not growth or size > growth[-1][1]:
+                growth.append((time.monotonic(), size))
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+    data = err_path.read_bytes()
+    assert proc.wait(5) == 0, data.decode(errors="replace")[-3000:]
+    # The broadcast phase (idle CPU probe, then a send a second) shows something at least
+    # every 2.5 s: it is not silent until the deliveries are counted.
+    start, end = data.index(b"bench: broadcasting"), data.index(b"bench: broadcast:")
+    times = [t for t, size in growth if start < size <= end + 1] + \
+        [next(t for t, size in growth if size > end)]
+    assert max(b - a for a, b in zip(times, times[1:])) < 2.5, growth
+    # Receipts counted from the first send: 200 deliveries over at least 3 s, 40 unicasts
+    # over at least 1.95 s; a bar of seconds shows no rate ("s/s").
+    assert _rate(data, b"broadcast") <= 200 / 3 * 1.05
+    assert _rate(data, b"unicast") <= 40 / 1.95 * 1.05
+    assert not re.search(rb"[\d?]s/s", data), data.decode(errors="replace")[-3000:]

@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,24 +34,63 @@ def require_chromium():
         pytest.fail(INSTALL_HINT, pytrace=False)
 
 
-def run_scenario(name, node, out_dir):
-    """Run one scenario against the node and return its JSON report."""
+def run_scenario(name, node, out_dir, actions=None, other=None):
+    """Run one scenario against the node and return its JSON report. ``actions``: what the
+    scenario may ask this test to do mid-way ({"stop-node": fn, ...}); ``other``: a second
+    node of the same cluster."""
     require_chromium()
     cmd = [sys.executable, str(SCENARIO), "--scenario", name, "--http-url", node.http_url,
            "--out-dir", str(out_dir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
+    if other is not None:
+        cmd += ["--other-url", other.http_url]
+    with open(Path(out_dir) / f"{name}.stderr", "w+") as stderr:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+        timed_out = []
+        timer = threading.Timer(SCENARIO_TIMEOUT, lambda: timed_out.append(proc.kill()))
+        timer.start()
+        try:
+            lines = answer_asks(proc, actions or {})
+        finally:
+            timer.cancel()
+            proc.stdin.close()
+            proc.wait()
+        stderr.seek(0)
+        errors = stderr.read()
+    output = "\n".join(lines)
+    if timed_out:
         pytest.fail(f"scenario {name!r} did not finish within {SCENARIO_TIMEOUT}s\n"
-                    f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}", pytrace=False)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+                    f"stdout:\n{output}\nstderr:\n{errors[-4000:]}", pytrace=False)
     try:
         report = json.loads(lines[-1])
     except (IndexError, ValueError):
         pytest.fail(f"scenario {name!r} printed no JSON report (exit {proc.returncode})\n"
-                    f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}", pytrace=False)
+                    f"stdout:\n{output}\nstderr:\n{errors[-4000:]}", pytrace=False)
+    (Path(out_dir) / f"{name}.json").write_text(explain(report))  # next to the screenshots
     return report
+
+
+def answer_asks(proc, actions):
+    """Read the scenario's output; do what it asks ({"ask": action}) and answer "done
+    <action>" or why not. The other lines, in order."""
+    lines = []
+    for line in proc.stdout:
+        try:
+            ask = json.loads(line).get("ask")
+        except (ValueError, AttributeError):
+            ask = None
+        if ask is None:
+            if line.strip():
+                lines.append(line.rstrip("\n"))
+            continue
+        try:
+            actions[ask]()
+            answer = f"done {ask}"
+        except Exception as exc:  # the scenario reports it as its failure
+            answer = f"failed {ask}: {type(exc).__name__}: {exc}".replace("\n", " ")
+        proc.stdin.write(answer + "\n")
+        proc.stdin.flush()
+    return lines
 
 
 def explain(report):
@@ -61,6 +101,17 @@ def assert_ok(report):
     assert report["ok"], f"stopped at step {report['step']!r}: {report['error']}\n{explain(report)}"
     assert report["page_errors"] == [], explain(report)
     assert report["console_errors"] == [], explain(report)
+
+
+def assert_ok_but_refused_requests(report):
+    """assert_ok, except that Chromium's own console lines about failed requests and
+    sockets (a stopped node) count for nothing: only the page's errors do."""
+    assert report["ok"], f"stopped at step {report['step']!r}: {report['error']}\n{explain(report)}"
+    assert report["page_errors"] == [], explain(report)
+    unexplained = [line for line in report["console_errors"]
+                   if not re.search(r"Failed to load resource|WebSocket connection to .* failed",
+                                    line)]
+    assert unexplained == [], explain(report)
 
 
 def png_size(path):
@@ -146,9 +197,15 @@ def test_failed_send_is_reported(node, tmp_path):
     facts = report["facts"]
     assert facts["error_own_bubble"] is False and facts["error_input_back"] == "first try"
     assert facts["detail_notice"]  # the API's detail, not 参数不合法 (1001)
-    assert facts["network_tries"] == 2 and facts["network_same_msgid"], facts
+    # unreachable: the message waits, is not tried again at once, and goes out later
+    # with the msgID it got when typed
+    assert facts["network_tries_at_once"] == 1, facts
     assert facts["network_form"] == ["appID", "message", "msgID", "userID"]
-    assert facts["network_own_bubble"] is False and facts["network_input_back"] == "second try"
+    waiting = facts["network_waiting"]
+    assert waiting and waiting["pending"] and waiting["note"] == RETRY, waiting
+    assert facts["network_errors"] == [] and facts["network_input"] == "", facts
+    assert len(facts["network_msgids"]) == 2, facts
+    assert len(set(facts["network_msgids"])) == 1, facts
 
 
 def check_names(facts, prefix):
@@ -223,3 +280,112 @@ def test_an_api_refusal_shows_its_detail(make_node, tmp_path):
     assert report["page_errors"] == [], explain(report)
     assert report["facts"]["notices"] == [
         "notice: Message not sent: send the key of auth.apiKey in the X-API-Key header (1003)"]
+
+
+# -- sending while the connection is down or the node drains --------------------------------
+
+WAITING = "waiting for the connection"
+RETRY = "not sent yet, will retry"
+
+
+def restartable(node, closed=False):
+    """Actions that stop ``node`` (SIGTERM: it drains, closing its clients with 1001) and
+    start it again on the same ports; ``closed``: started again wanting sign-in."""
+    def start_closed():
+        node.config.setdefault("auth", {})["secret"] = "s" * 40
+        node.start()
+
+    actions = {"stop-node": node.stop, "start-node": node.start}
+    if closed:
+        actions["start-node-closed"] = start_closed
+    return actions
+
+
+def test_a_message_typed_while_disconnected_waits_and_goes_after_login(start_cluster_node,
+                                                                       tmp_path):
+    """A's node stops and comes back; B is on another node of the cluster the whole time."""
+    node_a = start_cluster_node(name="a")
+    node_b = start_cluster_node(name="b")
+    report = run_scenario("send-while-down", node_a, tmp_path, restartable(node_a), node_b)
+    assert_ok_but_refused_requests(report)
+    facts = report["facts"]
+    assert facts["close_notice"], "no notice of the 1001 close"
+    assert facts["input_cleared"]
+    # shown as waiting, not as sent, and not posted
+    for line in facts["while_down"]:
+        assert line and line["pending"] and line["busy"] == "true", facts["while_down"]
+        assert line["note"] == WAITING and line["label"] == WAITING, line
+        assert line["shown"] == f'"{WAITING}"', line  # the words are on screen
+    assert facts["posts_while_down"] == 0 and facts["errors_while_down"] == [], facts
+    # after the login: posted in order, with the msgIDs they got when typed, delivered, sent
+    msg_ids = [line["msgID"] for line in facts["while_down"]]
+    assert all(msg_ids) and len(set(msg_ids)) == 2
+    assert [msg_id for msg_id, _ in facts["posts"]] == msg_ids, facts["posts"]
+    assert min(facts["logins_before_posts"]) >= 1, facts  # only after a new login
+    assert facts["b_lines"] == facts["lines"], facts
+    for line in facts["after_login"]:
+        assert not line["pending"] and line["note"] is None and not line["partial"], line
+
+
+def test_a_503_from_a_draining_node_waits_for_the_next_login(start_cluster_node, tmp_path):
+    """The 503 is injected (Playwright answers for the node); the drain and the new login
+    are real."""
+    node_a = start_cluster_node(name="a")
+    node_b = start_cluster_node(name="b")
+    report = run_scenario("drain-503", node_a, tmp_path, restartable(node_a), node_b)
+    assert_ok_but_refused_requests(report)
+    facts = report["facts"]
+    after = facts["after_503"]
+    assert after and after["pending"] and after["note"] == RETRY, after
+    assert facts["errors_after_503"] == [], facts
+    # not sent again to the node that refused it, nor while there is no connection
+    assert facts["posts_before_login"] == 1, facts
+    assert facts["while_down"] and facts["while_down"]["pending"], facts
+    # sent again after the next login, with the same msgID, and delivered once
+    posts = facts["posts"]
+    assert len(posts) == 2 and posts[0] == posts[1], posts
+    assert posts[0][0] == after["msgID"]
+    first, second = facts["logins_before_posts"]
+    assert second > first, facts
+    assert facts["b_copies"] == 1
+    assert facts["after_login"] and not facts["after_login"]["pending"], facts
+    assert facts["after_login"]["note"] is None
+
+
+def test_a_message_that_reached_part_of_the_cluster_is_marked(start_cluster_node,
+                                                             redis_server, tmp_path):
+    """Redis goes away: the node delivers on its own users only and says so; the page
+    shows the message as sent, with a mark that says it may not have reached everyone."""
+    node = start_cluster_node(name="a")
+    report = run_scenario("partial", node, tmp_path, {"stop-redis": redis_server.stop})
+    assert_ok(report)
+    facts = report["facts"]
+    assert facts["whole"]["note"] is None and not facts["whole"]["partial"], facts["whole"]
+    part = facts["part"]
+    assert part and not part["pending"] and part["partial"], part
+    assert part["note"] == "may not have reached everyone"
+    assert part["label"].startswith("may not have reached everyone: ")
+    assert "delivered on this node only" in part["title"], part
+    assert part["label"] == part["title"]
+    assert part["badge"] == '"!"', part
+    assert facts["marks"] == 1 and facts["mark_visible"]
+    assert facts["marks_by_role"] == 1
+
+
+def test_a_waiting_message_is_given_back_when_the_page_stops(make_node, tmp_path):
+    """The node comes back wanting sign-in, which the page lacks: the page stops trying,
+    and the line that waited is not sent but back in the message box."""
+    node = make_node(name="closing")
+    report = run_scenario("given-up", node, tmp_path, restartable(node, closed=True))
+    assert_ok_but_refused_requests(report)
+    facts = report["facts"]
+    waiting = facts["while_down"]
+    assert waiting and waiting["pending"] and waiting["note"] == WAITING, waiting
+    assert facts["after_refusal"] is None, "the line is still shown"
+    assert "Message not sent: not connected to the server" in facts["errors"], facts
+    assert facts["input"] == facts["line"]
+    # stopped: a new send is refused at once, and the text stays
+    assert facts["errors_after_second"].count(
+        "Message not sent: not connected to the server") == 2, facts
+    assert facts["input_after_second"] == facts["line"] and facts["own_after_second"] is None
+    assert facts["posts"] == 0

@@ -16,7 +16,7 @@ from . import procstat, report
 from . import soak  # the soak scenario (imserver/bench/soak/) runs its own processes
 from .drivers import SOCKETIO_PATH
 from .options import add_options, plus_default
-from .scenarios import ORDER, Bench
+from .scenarios import ORDER, Bench, NothingConnected
 
 DESCRIPTION = """\
 Load tool for imserver (and peers speaking the same contract): opens many WebSocket
@@ -40,12 +40,13 @@ examples:
 
 scenarios:
   connect    open -n connections and log in (--concurrency at once): rate, failures by reason,
-             time to all logged in, server RSS sampled every 10% of the way (memory.png)
+             time to all logged in, server RSS after each of --mem-steps rounds (memory.png)
   idle       connect, then hold --duration seconds with heartbeats every --heartbeat-interval:
              server KB per connection = (RSS after - RSS before connecting) / N over all server
              processes, connections dropped during the hold
   broadcast  connect, then --messages POST /user/sendMessageAll to the room, every --interval s:
-             deliveries counted by the clients, deliveries/s, server CPU µs per delivery,
+             deliveries counted by the clients, deliveries/s, server CPU µs per delivery
+             net of the server's idle CPU (measured first, --idle-probe),
              HTTP call -> last client per broadcast, receive latency p50
   unicast    connect, then --unicast-messages POST /user/sendMessage to random online users at
              --rate/s (round robin over --http-targets): latency p50/p99/max to the client frame
@@ -112,7 +113,8 @@ SETTINGS = [
     ("--churn-hold", float, 0.0, plus_default("churn: seconds each client stays logged in.")),
     ("--message", str, "", "text of the pushed messages (default: 'broadcast K' ...)"),
     ("--wait", float, 30.0, plus_default("seconds to wait for deliveries after the last send.")),
-    ("--mem-steps", int, 10, plus_default("server RSS samples while connecting.")),
+    ("--mem-steps", int, 10, plus_default("connect in this many rounds and read the server's "
+                                          "RSS after each: the memory curve's points.")),
     ("--settle", float, 1.0, "seconds to let the server settle before an end-of-phase RSS reading"),
     ("--seed", int, None, "random seed (unicast recipients)"),
 ]
@@ -270,6 +272,10 @@ def _run(bench, args, names) -> int:
     except KeyboardInterrupt:
         bench.results["aborted"] = "interrupted"
         code = 130
+    except NothingConnected as exc:
+        bench.results["aborted"] = str(exc)
+        print(f"imserver.bench: {exc}", file=sys.stderr)
+        code = 1
     except Exception as exc:
         bench.results["aborted"] = f"{type(exc).__name__}: {exc}"
         print(f"imserver.bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)

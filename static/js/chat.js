@@ -4,8 +4,9 @@
  * Plain JavaScript, no framework and no build step. The page logs in over the
  * WebSocket endpoint /acc, keeps the connection alive with heartbeats, shows
  * pushed messages and presence events, sends messages through the HTTP API
- * (POST /user/sendMessageAll) and reconnects by itself with a capped,
- * jittered exponential backoff. The wire contract is PROTOCOL.md.
+ * (POST /user/sendMessageAll) while logged in (what is typed meanwhile waits)
+ * and reconnects by itself with a capped, jittered exponential backoff. The
+ * wire contract is PROTOCOL.md.
  *
  * The server picks the page's default name (userID) and, when logins need one,
  * a token for it (token): the login's serviceToken, and the Authorization
@@ -385,7 +386,9 @@
   /**
    * Calls the HTTP API. GET parameters go into the query string, POST ones
    * into an application/x-www-form-urlencoded body. Resolves with `data` of
-   * an answer whose code is 200; rejects with an Error whose message says why.
+   * an answer whose code is 200; rejects with an Error whose message says why,
+   * with `status` (the HTTP status) when the server answered and `network`
+   * when it did not.
    */
   function api(method, path, params) {
     var url = apiBase() + path;
@@ -417,6 +420,7 @@
           var detail = typeof body.detail === 'string' && body.detail ? body.detail : '';
           var failed = new Error(detail ? detail + ' (' + body.code + ')' : codeText(body.code));
           failed.code = body.code;
+          failed.status = res.status;
           failed.detail = detail;
           throw failed;
         }
@@ -547,6 +551,7 @@
     everOnline: false,
     stopped: false,        // no reconnecting (login refused, replaced, page hidden)
     attempt: 0,            // reconnect attempts since the last stable login
+    logins: 0,             // successful logins so far
     retryTimer: null,
     countdownTimer: null,
     connectTimer: null,
@@ -652,6 +657,7 @@
   function loggedIn() {
     conn.loggedIn = true;
     conn.everOnline = true;
+    conn.logins += 1;
     hideBanner();
     setStatus('online', 'Online');
     notice('You are connected as ' + myName, 'ok');
@@ -661,6 +667,7 @@
     online.add(myName);
     renderOnline();
     refreshOnline();
+    outboxOnline();
   }
 
   function loginRefused(code) {
@@ -692,6 +699,7 @@
         }
       });
       notice(text, 'error');
+      outboxGiveUp();
       return;
     }
     notice(text, 'error');
@@ -733,6 +741,7 @@
     online.delete(myName);
     renderOnline();
     updatePolling();
+    outboxOffline();
   }
 
   function afterClose() {
@@ -761,6 +770,7 @@
     }
     if (replacedBy(code, reason)) {
       stop('offline', 'Offline');
+      outboxGiveUp();
       showBanner('This name logged in somewhere else, so this page was disconnected: ' + (reason || code) + '.', {
         label: 'Reconnect',
         run: function () { hideBanner(); conn.attempt = 0; connect(); }
@@ -857,11 +867,37 @@
 
   // ---------------------------------------------------------------- sending
 
+  // A message goes out only while the page is logged in: without its socket the
+  // page cannot tell whether the node its HTTP call reaches is one that stays and
+  // delivers, and a message that went nowhere must not look sent. The outbox
+  // keeps what the user typed, in order, each with the msgID it got when typed,
+  // so that sending it again is harmless (the server delivers a msgID once),
+  // and posts one at a time, so that the room gets them in that order.
+  var NOTE_WAITING = 'waiting for the connection';
+  var NOTE_RETRY = 'not sent yet, will retry';
+  var NOTE_PARTIAL = 'may not have reached everyone';
+  var NOT_CONNECTED = 'not connected to the server';
+  // Resends while the same login lasts (the socket is fine but the HTTP call was
+  // not): the pauses before each; after the last the message is given back.
+  var RESEND_DELAYS_MS = [5000, 10000, 20000];
+
+  var outbox = {
+    queue: [],           // {text, msgID, bubble, tried} in the order typed
+    busy: false,         // the first one is on its way
+    failures: 0,         // 503s and network failures in a row during this login
+    resendTimer: null
+  };
+
   function sendMessage() {
     var text = els.input.value.replace(/^\s+|\s+$/g, '');
     if (!text) {
       els.input.value = '';
       els.input.focus();
+      return;
+    }
+    if (conn.stopped) {
+      // The page has given up reconnecting: nothing would ever send it. The text stays.
+      notice('Message not sent: ' + NOT_CONNECTED, 'error');
       return;
     }
     els.input.value = '';
@@ -870,32 +906,165 @@
 
     // The server does not echo a message to its sender: show it ourselves,
     // greyed out until the server has taken it.
-    var bubble = messageBubble(myName, text, true);
-    bubble.classList.add('pending');
-    bubble.setAttribute('aria-busy', 'true');
-    append(bubble, true);
+    var entry = { text: text, msgID: newMsgID(), bubble: messageBubble(myName, text, true), tried: false };
+    entry.bubble.classList.add('pending');
+    entry.bubble.setAttribute('aria-busy', 'true');
+    entry.bubble.setAttribute('data-msgid', entry.msgID);
+    append(entry.bubble, true);
+    outbox.queue.push(entry);
+    pump();
+  }
 
-    var params = { appID: cfg.appID, userID: myName, msgID: newMsgID(), message: text };
-    var attempt = function (retries) {
-      return api('POST', '/user/sendMessageAll', params).catch(function (err) {
-        // The msgID makes a repeat harmless, so a network failure is retried once.
-        if (err.network && retries > 0) {
-          return new Promise(function (resolve) { setTimeout(resolve, 1000); }).then(function () {
-            return attempt(retries - 1);
-          });
-        }
-        throw err;
-      });
-    };
-    attempt(1).then(function () {
-      bubble.classList.remove('pending');
-      bubble.removeAttribute('aria-busy');
+  /** Posts the oldest message of the outbox, when logged in and none is on its way. */
+  function pump() {
+    renderOutbox();
+    if (outbox.busy || outbox.resendTimer || !outbox.queue.length || !conn.loggedIn) return;
+    var entry = outbox.queue[0];
+    var login = conn.logins;
+    outbox.busy = true;
+    renderOutbox();
+    var params = { appID: cfg.appID, userID: myName, msgID: entry.msgID, message: entry.text };
+    api('POST', '/user/sendMessageAll', params).then(function (data) {
+      outbox.busy = false;
+      outbox.failures = 0;
+      leaveOutbox(entry);
+      markSent(entry.bubble, data);
+      pump();
     }, function (err) {
-      if (bubble.parentNode) bubble.parentNode.removeChild(bubble);
-      notice('Message not sent: ' + err.message, 'error');
-      if (!els.input.value) els.input.value = text;
-      updateCounter();
+      outbox.busy = false;
+      if (sendAgainLater(err)) {
+        entry.tried = true;
+        holdForResend(err, login);
+        return;
+      }
+      leaveOutbox(entry);
+      notSent([entry], err.message);
+      pump();
     });
+  }
+
+  // 503: the node is shutting down (or a proxy has no node to offer) and took
+  // nothing; 502 and 504: a proxy lost its node; no answer at all: the call may
+  // have reached nobody. The next login goes to a node that stays.
+  function sendAgainLater(err) {
+    return Boolean(err.network) || err.status === 502 || err.status === 503 || err.status === 504;
+  }
+
+  /** A 503 or no answer: the message waits for the next login, not for the same node. */
+  function holdForResend(err, login) {
+    if (conn.stopped) {
+      notSent(outbox.queue.splice(0), NOT_CONNECTED);
+      return;
+    }
+    if (!conn.loggedIn) {
+      renderOutbox();     // loggedIn() sends it
+      return;
+    }
+    if (conn.logins !== login) {
+      pump();             // logged in again while the call was on its way
+      return;
+    }
+    // The socket stays up, so its node is not leaving: the HTTP call may go
+    // through later (a proxy may pick another node). Try a few times, then give up.
+    var delay = RESEND_DELAYS_MS[outbox.failures];
+    outbox.failures += 1;
+    if (delay === undefined) {
+      outbox.failures = 0;   // the next message gets its own tries
+      notSent(outbox.queue.splice(0), err.message);
+      return;
+    }
+    outbox.resendTimer = setTimeout(function () {
+      outbox.resendTimer = null;
+      pump();
+    }, delay);
+    renderOutbox();
+  }
+
+  /** A new login: what waits in the outbox goes now. */
+  function outboxOnline() {
+    outbox.failures = 0;
+    clearTimeout(outbox.resendTimer);
+    outbox.resendTimer = null;
+    pump();
+  }
+
+  /** The connection is gone: nothing is sent until the next login. */
+  function outboxOffline() {
+    clearTimeout(outbox.resendTimer);
+    outbox.resendTimer = null;
+    renderOutbox();
+  }
+
+  /** The page stopped reconnecting: what waits is not sent (one on its way has its answer coming). */
+  function outboxGiveUp() {
+    var onItsWay = outbox.busy ? outbox.queue.splice(0, 1) : [];
+    notSent(outbox.queue.splice(0), NOT_CONNECTED);
+    outbox.queue = onItsWay;
+  }
+
+  function leaveOutbox(entry) {
+    var i = outbox.queue.indexOf(entry);
+    if (i >= 0) outbox.queue.splice(i, 1);
+  }
+
+  /** Each waiting bubble says why it waits; the one on its way says nothing. */
+  function renderOutbox() {
+    outbox.queue.forEach(function (entry, i) {
+      var onItsWay = outbox.busy && i === 0;
+      setNote(entry.bubble, onItsWay ? '' : entry.tried ? NOTE_RETRY : conn.loggedIn ? '' : NOTE_WAITING);
+    });
+  }
+
+  function markSent(bubble, data) {
+    bubble.classList.remove('pending');
+    bubble.removeAttribute('aria-busy');
+    // The server took it but says that part of the cluster may not have it
+    // (e.g. "delivered on this node only" while the cluster store is down).
+    var missed = Array.isArray(data.unreachableNodes) && data.unreachableNodes.length > 0;
+    var why = typeof data.sendResultsErr === 'string' ? data.sendResultsErr : '';
+    if (why || missed) {
+      bubble.classList.add('partial');
+      setNote(bubble, NOTE_PARTIAL, why || 'some servers did not answer');
+    } else {
+      setNote(bubble, '');
+    }
+  }
+
+  /**
+   * The small line in an own bubble that says how it stands ('' removes it).
+   * CSS shows data-note, so that the message's text stays "from: msg"; the
+   * label is for screen readers, the title a tooltip with the server's words.
+   */
+  function setNote(bubble, note, detail) {
+    var el = bubble.querySelector('.note');
+    if (!note) {
+      if (el) el.parentNode.removeChild(el);
+      return;
+    }
+    if (!el) {
+      el = document.createElement('span');
+      el.className = 'note';
+      el.setAttribute('role', 'img');
+      el.setAttribute('data-testid', 'message-note');
+      bubble.querySelector('.bubble').appendChild(el);
+    }
+    var full = detail ? note + ': ' + detail : note;
+    el.setAttribute('data-note', note);
+    el.setAttribute('aria-label', full);
+    el.title = full;
+  }
+
+  /** Messages the server did not take: say so and give their text back to the box. */
+  function notSent(entries, reason) {
+    if (!entries.length) return;
+    var texts = entries.map(function (entry) {
+      if (entry.bubble.parentNode) entry.bubble.parentNode.removeChild(entry.bubble);
+      return entry.text;
+    });
+    var what = texts.length === 1 ? 'Message not sent: ' : texts.length + ' messages not sent: ';
+    notice(what + reason, 'error');
+    if (!els.input.value) els.input.value = texts.join(' ');
+    updateCounter();
   }
 
   els.composer.addEventListener('submit', function (event) {

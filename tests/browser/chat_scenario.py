@@ -7,6 +7,9 @@ greenlets, which is no place to mix with a patched process that also serves the 
     python tests/browser/chat_scenario.py --scenario chat --http-url http://127.0.0.1:8080 \
         --out-dir /tmp/shots
 
+A scenario that needs the node stopped, started or changed asks the test for it: it prints
+{"ask": "<action>"} on a line of its own and reads "done <action>" (or why it failed) from stdin.
+
 The last line on stdout is one JSON object:
     {"ok": bool, "step": "<last step started>", "error": "<why it stopped>" or null,
      "facts": {...}, "page_errors": [...], "console_errors": [...], "diagnostics": {...}}
@@ -21,11 +24,13 @@ import secrets
 import sys
 import time
 import traceback
+import urllib.parse
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 WAIT_MS = 15000  # one step's wait; the page itself retries within 1 s
+RECONNECT_WAIT_MS = 40000  # a page whose node was down: its backoff has grown to up to 30 s
 
 # JavaScript run in the page (arguments come in through Playwright, never by string building).
 JS_STATUS = "() => document.querySelector('[data-testid=status]').getAttribute('data-state')"
@@ -65,7 +70,8 @@ class StepFailed(Exception):
 class Run:
     """Collects facts, errors and the name of the step in progress."""
 
-    def __init__(self):
+    def __init__(self, other_url=""):
+        self.other_url = other_url  # a second node of the same cluster, when the test has one
         self.step = "start"
         self.facts = {}
         self.page_errors = []
@@ -78,11 +84,19 @@ class Run:
         page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(
             f"{label}: {msg.text}"))
 
-    def wait(self, page, js, arg=None, what=""):
+    def wait(self, page, js, arg=None, what="", timeout=WAIT_MS):
         try:
-            page.wait_for_function(js, arg=arg, timeout=WAIT_MS)
+            page.wait_for_function(js, arg=arg, timeout=timeout)
         except Exception as exc:  # Playwright's TimeoutError and friends
-            raise StepFailed(f"{what or js}: not seen within {WAIT_MS} ms ({type(exc).__name__})")
+            raise StepFailed(f"{what or js}: not seen within {timeout} ms ({type(exc).__name__})")
+
+    def ask(self, action):
+        """Have the test do ``action`` (stop the node, ...) and wait until it is done."""
+        sys.stdout.write(json.dumps({"ask": action}) + "\n")
+        sys.stdout.flush()
+        answer = sys.stdin.readline().strip()
+        if answer != f"done {action}":
+            raise StepFailed(f"the test could not {action}: {answer or 'no answer'}")
 
     def diagnostics(self):
         out = {}
@@ -313,10 +327,12 @@ def scenario_reconnect(run, browser, http_url, out_dir):
 
 
 def scenario_send_errors(run, browser, http_url, out_dir):
-    """Failed sends: an error answer and an unreachable server each give a notice, no own
-    bubble, and the text back in the input; a network failure is retried once, same msgID."""
+    """Failed sends: an error answer gives a notice, no own bubble, and the text back in the
+    input; an unreachable server leaves the message waiting, and it is sent again later
+    with the same msgID."""
     url = f"{http_url}/home/index?appID=101"
     context, page, name = open_chat(run, browser, "sender", url)
+    sends = Sends(page)
     box = page.locator("[data-testid=message-input]")
     has_own = """(text) => Array.from(document.querySelectorAll(
         '[data-testid=messages] [data-testid=message].own')).some(e => e.textContent === text)"""
@@ -353,17 +369,20 @@ def scenario_send_errors(run, browser, http_url, out_dir):
     page.route("**/user/sendMessageAll", unreachable)
     box.fill("second try")
     page.locator("[data-testid=send-button]").click()
-    run.wait(page, JS_HAS_NOTICE, "Message not sent: server unreachable", "the network notice")
-    run.facts["network_tries"] = len(tries)
-    run.facts["network_same_msgid"] = len({t.get("msgID") for t in tries}) == 1
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not tries and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(2000)  # a page that tries again at once has done so by now
+    run.facts["network_tries_at_once"] = len(tries)
     run.facts["network_form"] = sorted(tries[0]) if tries else []
-    run.facts["network_own_bubble"] = page.evaluate(has_own, f"{name}: second try")
-    run.facts["network_input_back"] = box.input_value()
+    run.facts["network_waiting"] = page.evaluate(JS_OWN, f"{name}: second try")
+    run.facts["network_errors"] = page.evaluate(JS_ERROR_NOTICES)[2:]  # after the two above
+    run.facts["network_input"] = box.input_value()
     page.unroute("**/user/sendMessageAll")
 
-    run.step = "the server is back"
-    page.locator("[data-testid=send-button]").click()
+    run.step = "the server is back: the page sends it again"
     run.wait(page, JS_MESSAGE_SENT, f"{name}: second try", "the own bubble")
+    run.facts["network_msgids"] = [msg_id for msg_id, text in sends.posts() if text == "second try"]
     context.close()
 
 
@@ -539,10 +558,247 @@ def scenario_send_refused(run, browser, http_url, out_dir):
     context.close()
 
 
+# ---- sending while the connection is down, to a draining node, to part of the cluster ----
+
+NOTE_WAITING = "waiting for the connection"
+NOTE_RETRY = "not sent yet, will retry"
+JS_OWN = """(text) => {
+    const e = Array.from(document.querySelectorAll('[data-testid=messages] [data-testid=message].own'))
+        .find(e => e.textContent === text);
+    if (!e) return null;
+    const note = e.querySelector('[data-testid=message-note]');
+    return {pending: e.classList.contains('pending'), partial: e.classList.contains('partial'),
+            busy: e.getAttribute('aria-busy'), msgID: e.getAttribute('data-msgid'),
+            note: note && note.getAttribute('data-note'), label: note && note.getAttribute('aria-label'),
+            title: note && note.title,
+            shown: note && getComputedStyle(note, '::after').content,
+            badge: note && getComputedStyle(note, '::before').content};
+}"""
+JS_NOT_ONLINE = """() => document.querySelector('[data-testid=status]')
+    .getAttribute('data-state') !== 'online'"""
+JS_ERROR_NOTICES = """() => Array.from(document.querySelectorAll(
+    '[data-testid=messages] .notice.error')).map(e => e.textContent)"""
+# A node that drains answers pushes so (the code may be any of the API's).
+DRAINING = {"code": 1004, "msg": "系统错误", "data": None,
+            "detail": "the node is shutting down; send to another node"}
+
+
+class Sends:
+    """What a page sends, in order, watched and never touched: its login frames over /acc
+    and its POSTs to /user/sendMessageAll (with their form)."""
+
+    def __init__(self, page):
+        self.events = []  # ("login",) or ("post", msgID, message)
+        page.on("websocket", lambda ws: ws.on("framesent", self._frame))
+        page.on("request", self._request)
+
+    def _frame(self, payload):
+        if isinstance(payload, str) and '"cmd":"login"' in payload:
+            self.events.append(("login",))
+
+    def _request(self, request):
+        if request.method == "POST" and request.url.endswith("/user/sendMessageAll"):
+            form = urllib.parse.parse_qs(request.post_data or "")
+            self.events.append(("post", form.get("msgID", [""])[0], form.get("message", [""])[0]))
+
+    def logins(self):
+        return sum(1 for e in self.events if e[0] == "login")
+
+    def posts(self):
+        return [list(e[1:]) for e in self.events if e[0] == "post"]
+
+    def logins_before_posts(self):
+        """For each POST, how many logins the page had sent before it."""
+        out, logins = [], 0
+        for event in self.events:
+            if event[0] == "login":
+                logins += 1
+            else:
+                out.append(logins)
+        return out
+
+
+def open_pair(run, browser, url_a, url_b):
+    """A on ``url_a``, B on ``url_b`` (the same room), each listing the other."""
+    ctx_b, page_b, name_b = open_chat(run, browser, "B", url_b)
+    ctx_a, page_a, name_a = open_chat(run, browser, "A", url_a)
+    if name_a == name_b:  # random names: the same twice would make A replace B
+        raise StepFailed(f"both pages are named {name_a}")
+    run.wait(page_b, JS_HAS_ONLINE, name_a, "B lists A")
+    run.wait(page_a, JS_HAS_ONLINE, name_b, "A lists B")
+    return (ctx_a, page_a, name_a), (ctx_b, page_b, name_b)
+
+
+def scenario_send_while_down(run, browser, http_url, out_dir):
+    """A's node stops (its clients closed with 1001) while B's node stays: what A types is
+    held, not posted, and goes out in order, with its msgIDs, once A has logged in again."""
+    room = "/home/index?appID=101"
+    (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(
+        run, browser, http_url + room, run.other_url + room)
+    sends = Sends(page_a)
+    box = page_a.locator("[data-testid=message-input]")
+
+    run.step = "A's node stops"
+    run.ask("stop-node")
+    run.wait(page_a, JS_NOT_ONLINE, what="A not online")
+    run.facts["close_notice"] = page_a.evaluate(
+        JS_HAS_NOTICE, "Disconnected by the server: server going away (code 1001)")
+
+    run.step = "A types two lines while the connection is down"
+    lines = [f"typed while down {secrets.token_hex(3)}", f"and a second one {secrets.token_hex(3)}"]
+    box.fill(lines[0])
+    box.press("Enter")
+    box.fill(lines[1])
+    page_a.locator("[data-testid=send-button]").click()
+    run.facts["input_cleared"] = box.input_value() == ""
+    page_a.wait_for_timeout(1500)  # a page that posts at once has had its answer by now
+    run.facts["while_down"] = [page_a.evaluate(JS_OWN, f"{name_a}: {t}") for t in lines]
+    run.facts["posts_while_down"] = len(sends.posts())
+    run.facts["errors_while_down"] = [t for t in page_a.evaluate(JS_ERROR_NOTICES) if "not sent" in t]
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-waiting.png"))
+
+    run.step = "A's node is back: A logs in again and sends"
+    run.ask("start-node")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {lines[1]}", False], "the second line on B",
+             timeout=RECONNECT_WAIT_MS)
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {lines[1]}", "the second line sent on A")
+    run.facts["b_lines"] = [t for t in page_b.evaluate(JS_MESSAGES)
+                            if t.startswith(f"message: {name_a}: ")]
+    run.facts["lines"] = [f"message: {name_a}: {t}" for t in lines]
+    run.facts["after_login"] = [page_a.evaluate(JS_OWN, f"{name_a}: {t}") for t in lines]
+    run.facts["posts"] = sends.posts()
+    run.facts["logins_before_posts"] = sends.logins_before_posts()
+    ctx_a.close()
+    ctx_b.close()
+
+
+def scenario_drain_503(run, browser, http_url, out_dir):
+    """A's node answers A's message with HTTP 503 (it is draining): the message waits, is not
+    sent again to that node, and goes out after A's next login."""
+    room = "/home/index?appID=101"
+    (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(
+        run, browser, http_url + room, run.other_url + room)
+    sends = Sends(page_a)
+    refused = []
+
+    def draining(route):
+        refused.append(route.request.post_data)
+        route.fulfill(status=503, content_type="application/json; charset=utf-8",
+                      body=json.dumps(DRAINING, ensure_ascii=False))
+
+    run.step = "A sends; the node answers 503"
+    page_a.route("**/user/sendMessageAll", draining)
+    line = f"sent to a draining node {secrets.token_hex(3)}"
+    page_a.locator("[data-testid=message-input]").fill(line)
+    page_a.locator("[data-testid=send-button]").click()
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not refused and time.monotonic() < deadline:
+        page_a.wait_for_timeout(50)
+    if not refused:
+        raise StepFailed("the page did not post the message")
+    page_a.wait_for_timeout(300)  # the page has the answer
+    run.facts["after_503"] = page_a.evaluate(JS_OWN, f"{name_a}: {line}")
+    run.facts["errors_after_503"] = page_a.evaluate(JS_ERROR_NOTICES)
+    page_a.unroute("**/user/sendMessageAll")
+
+    run.step = "the node drains and comes back"
+    run.ask("stop-node")
+    run.wait(page_a, JS_NOT_ONLINE, what="A not online")
+    page_a.wait_for_timeout(1500)
+    run.facts["posts_before_login"] = len(sends.posts())
+    run.facts["while_down"] = page_a.evaluate(JS_OWN, f"{name_a}: {line}")
+    run.ask("start-node")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {line}", False], "the line on B",
+             timeout=RECONNECT_WAIT_MS)
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {line}", "the line sent on A")
+    run.facts["after_login"] = page_a.evaluate(JS_OWN, f"{name_a}: {line}")
+    run.facts["posts"] = sends.posts()
+    run.facts["logins_before_posts"] = sends.logins_before_posts()
+    run.facts["b_copies"] = sum(1 for t in page_b.evaluate(JS_MESSAGES)
+                                if t == f"message: {name_a}: {line}")
+    ctx_a.close()
+    ctx_b.close()
+
+
+def scenario_partial(run, browser, http_url, out_dir):
+    """The cluster store goes away: a message is delivered on this node only, and A's own
+    bubble says it may not have reached everyone."""
+    room = f"{http_url}/home/index?appID=101"
+    (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(run, browser, room, room)
+    box = page_a.locator("[data-testid=message-input]")
+
+    run.step = "a line while the cluster is whole"
+    whole = f"everyone gets this {secrets.token_hex(3)}"
+    box.fill(whole)
+    box.press("Enter")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {whole}", False], "the first line on B")
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {whole}", "the first line sent")
+    run.facts["whole"] = page_a.evaluate(JS_OWN, f"{name_a}: {whole}")
+
+    run.step = "a line while Redis is down"
+    run.ask("stop-redis")
+    part = f"only this node gets this {secrets.token_hex(3)}"
+    box.fill(part)
+    box.press("Enter")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {part}", False], "the second line on B")
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {part}", "the second line sent")
+    page_a.wait_for_timeout(200)
+    run.facts["part"] = page_a.evaluate(JS_OWN, f"{name_a}: {part}")
+    mark = page_a.locator("[data-testid=message].own.partial [data-testid=message-note]")
+    run.facts["marks"] = mark.count()
+    run.facts["mark_visible"] = mark.count() == 1 and mark.is_visible()
+    run.facts["marks_by_role"] = page_a.get_by_role(
+        "img", name=re.compile("may not have reached everyone")).count()
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-partial.png"))
+    ctx_a.close()
+    ctx_b.close()
+
+
+def scenario_given_up(run, browser, http_url, out_dir):
+    """A line waits while the node is down; the node comes back wanting sign-in, which the
+    page does not have: the page stops, and the line is not sent but given back."""
+    context, page, name = open_chat(run, browser, "A", f"{http_url}/home/index?appID=101")
+    sends = Sends(page)
+    box = page.locator("[data-testid=message-input]")
+
+    run.step = "the node stops; a line waits"
+    run.ask("stop-node")
+    run.wait(page, JS_NOT_ONLINE, what="not online")
+    line = f"never sent {secrets.token_hex(3)}"
+    box.fill(line)
+    box.press("Enter")
+    page.wait_for_timeout(1500)
+    run.facts["while_down"] = page.evaluate(JS_OWN, f"{name}: {line}")
+
+    run.step = "the node is back and refuses the login"
+    run.ask("start-node-closed")
+    run.wait(page, "() => document.querySelector('[data-testid=status]')"
+             ".getAttribute('data-state') === 'error'", what="status error",
+             timeout=RECONNECT_WAIT_MS)
+    page.wait_for_timeout(300)
+    run.facts["after_refusal"] = page.evaluate(JS_OWN, f"{name}: {line}")
+    run.facts["errors"] = page.evaluate(JS_ERROR_NOTICES)
+    run.facts["input"] = box.input_value()
+    run.facts["line"] = line
+
+    run.step = "send while stopped"
+    page.locator("[data-testid=send-button]").click()
+    page.wait_for_timeout(500)
+    run.facts["errors_after_second"] = page.evaluate(JS_ERROR_NOTICES)
+    run.facts["input_after_second"] = box.input_value()
+    run.facts["own_after_second"] = page.evaluate(JS_OWN, f"{name}: {line}")
+    run.facts["posts"] = len(sends.posts())
+    context.close()
+
+
 SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenario_refused,
              "reconnect": scenario_reconnect, "send-errors": scenario_send_errors,
              "names": scenario_names, "unknown-room": scenario_unknown_room,
-             "long-message": scenario_long_message, "send-refused": scenario_send_refused}
+             "long-message": scenario_long_message, "send-refused": scenario_send_refused,
+             "send-while-down": scenario_send_while_down, "drain-503": scenario_drain_503,
+             "partial": scenario_partial, "given-up": scenario_given_up}
 
 
 def main(argv=None):
@@ -550,11 +806,13 @@ def main(argv=None):
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
     parser.add_argument("--http-url", required=True, help="the node's HTTP base, e.g. http://127.0.0.1:8080")
     parser.add_argument("--out-dir", default="", help="where screenshots go")
+    parser.add_argument("--other-url", default="",
+                        help="the HTTP base of another node of the same cluster, if any")
     args = parser.parse_args(argv)
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
 
-    run = Run()
+    run = Run(args.other_url.rstrip("/"))
     result = {"ok": False, "error": None}
     started = time.monotonic()
     try:

@@ -4,5 +4,6 @@ entry to ``results["scenarios"]``. In a suite they share one set of connections:
 once, then idle, broadcast and unicast on those connections, churn alongside them.
 """
 from .bench import ORDER, Bench
+from .connect import NothingConnected
 
-__all__ = ["ORDER", "Bench"]
+__all__ = ["ORDER", "Bench", "NothingConnected"]

@@ -14,10 +14,13 @@ from . import broadcast, churn, connect, idle, unicast
 ORDER = ("connect", "idle", "broadcast", "unicast", "churn")
 SCENARIOS = {"connect": connect.run, "idle": idle.run, "broadcast": broadcast.run,
              "unicast": unicast.run, "churn": churn.run}
+# A bar that counts seconds shows no rate: "1.00s/s" says nothing.
+TIMED_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:g}/{total:g} s [{elapsed}<{remaining}]"
 
 
 class _NoBar:
     n = 0
+    total = 0
 
     def update(self, n=1):
         self.n += n
@@ -25,17 +28,70 @@ class _NoBar:
     def set_postfix_str(self, *_a, **_k):
         pass
 
+    def refresh(self):
+        pass
+
     def close(self):
         pass
 
 
-def progress(total, desc, unit, quiet=False):
-    """A tqdm bar on stderr (a no-op object when quiet)."""
+def progress(total, desc, unit, quiet=False, timed=False):
+    """A tqdm bar on stderr (a no-op object when quiet). Its rate is the average since
+    the bar began: counts read from the workers arrive in jumps, and an instant rate
+    of a jump is absurd. A ``timed`` bar counts seconds and shows no rate."""
     if quiet:
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5, leave=True)
+                mininterval=0.5, leave=True, smoothing=0,
+                **({"bar_format": TIMED_FORMAT} if timed else {}))
+
+
+class Receipts:
+    """The messages whose msgID starts with ``prefix`` that the clients received, on a
+    bar that begins with the first send: it moves while the sends go out (``sent`` is
+    shown beside it), and its rate is receipts per second over the whole phase."""
+
+    def __init__(self, bench, prefix: str, total: int, desc: str, sends: int):
+        self.bench = bench
+        self.prefix = prefix
+        self.sends = sends
+        self.sent = 0
+        self.got = 0
+        self.bar = bench.bar(total, desc, "msg")
+        self._following = True
+        self._poller = gevent.spawn(self._follow)
+
+    def count(self) -> int:
+        answers = self.bench.workers.call_all("msg_count", prefix=self.prefix, timeout=30)
+        count = sum(x["count"] for x in answers)
+        self.bar.set_postfix_str(f"sent {self.sent}/{self.sends}", refresh=False)
+        if count > self.got:
+            self.bar.update(count - self.got)
+            self.got = count
+        self.bar.refresh()
+        return count
+
+    def _follow(self):
+        # The first count comes half a second in: a rate over the first milliseconds
+        # would be the fan-out of one message, not the phase's pace.
+        while True:
+            gevent.sleep(0.5)
+            if not self._following:
+                return
+            self.count()
+
+    def wait(self, expected: int, timeout: float) -> int:
+        """After the last send: until ``expected`` receipts or ``timeout`` seconds; the
+        count reached."""
+        self._following = False
+        self._poller.join()  # not killed: it may be halfway through writing to a worker
+        self.bar.total = expected
+        deadline = time.monotonic() + timeout
+        while self.count() < expected and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        self.bar.close()
+        return self.got
 
 
 class Bench:
@@ -61,8 +117,8 @@ class Bench:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    def bar(self, total, desc, unit):
-        return progress(total, desc, unit, self.quiet)
+    def bar(self, total, desc, unit, timed=False):
+        return progress(total, desc, unit, self.quiet, timed)
 
     def start_workers(self):
         if self.workers is None:
@@ -106,34 +162,19 @@ class Bench:
             connect.run(self)
         return self.results["scenarios"]["connect"]
 
-    def wait_count(self, prefix, expected, timeout, desc):
-        """Poll the workers' receive counts until ``expected`` or ``timeout``: the count
-        reached."""
-        deadline = time.monotonic() + timeout
-        bar = self.bar(expected, desc, "msg")
-        got = 0
-        while True:
-            answers = self.workers.call_all("msg_count", prefix=prefix, timeout=30)
-            count = sum(x["count"] for x in answers)
-            if count > got:
-                bar.update(count - got)
-                got = count
-            if count >= expected or time.monotonic() >= deadline:
-                break
-            gevent.sleep(0.1)
-        bar.close()
-        return got
+    def receipts(self, prefix, total, desc, sends) -> Receipts:
+        return Receipts(self, prefix, total, desc, sends)
 
     def wait_seconds(self, seconds, desc, done=None, limit=None, poll=1.0):
         """A bar of ``seconds`` ticking each second while waiting: until ``done()`` is
         true (without one, until ``seconds`` passed) or ``limit`` seconds passed."""
         limit = seconds if limit is None else limit
-        bar = self.bar(int(seconds), desc, "s")
+        bar = self.bar(seconds, desc, "s", timed=True)
         t0 = time.monotonic()
         ticks = 0
         while True:
             elapsed = time.monotonic() - t0
-            shown = min(int(elapsed), int(seconds))
+            shown = seconds if elapsed >= seconds else int(elapsed)
             if shown > ticks:
                 bar.update(shown - ticks)
                 ticks = shown

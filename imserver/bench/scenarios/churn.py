@@ -4,6 +4,7 @@ failures, and the server's RSS at the start and the end."""
 import gevent
 
 from .. import procstat
+from .connect import NothingConnected
 
 
 def _sum_counts(answers) -> dict:
@@ -47,6 +48,11 @@ def run(bench) -> dict:
                        "server_rss_end_kb": procstat.total(snap1, "rss_kb"),
                        "server_cpu_s": round(procstat.delta(snap0, snap1, "cpu_s"), 3)})
     bench.results["scenarios"]["churn"] = result
+    if result["attempted"] and not result["logged_in"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in failures.items()) or "none"
+        raise NothingConnected(
+            f"no churn cycle logged in: 0 of {result['attempted']} to "
+            f"{', '.join(bench.ws_urls)} (failures: {reasons}); is a server listening there?")
     bench.log(f"bench: churn: {result['logged_in']} logins, {result['left']} clean leaves, "
               f"{result['failed']} failed, {result['achieved_rate_per_s']}/s")
     return result

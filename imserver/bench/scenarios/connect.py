@@ -1,6 +1,6 @@
 """connect: open -n connections and log each in as its own user, ``--concurrency`` at
-once; the rate, the failures by reason, the login latency, and the server's memory
-sampled ``--mem-steps`` times on the way."""
+once, in ``--mem-steps`` rounds; the rate, the failures by reason, the login latency,
+and the server's memory after each round. Not one connection logged in is an error."""
 import math
 import time
 
@@ -9,36 +9,60 @@ import gevent
 from ..stats import merge_quantiles
 
 
-def _follow(bench, pending, n, memory, t0):
-    """Update the bar from the workers' counts until every worker answered, and read
-    the server's RSS each time another 1/--mem-steps of the connections is in."""
+class NothingConnected(Exception):
+    """Not one connection logged in: most likely nothing answers at the address."""
+
+
+def _connect_round(bench, starts, count, deadline, bar, shown) -> "tuple[list, int, int]":
+    """Open ``count`` more connections, spread over the workers, each worker going on
+    from its index in ``starts``; the bar follows the workers' counts until every worker
+    answered. (the answers, the connections logged in so far, the bar's count)."""
     a = bench.args
-    steps = max(1, a.mem_steps)
-    thresholds = [math.ceil(n * (i + 1) / steps) for i in range(steps)]
-    bar = bench.bar(n, "connect", "conn")
-    done_n = 0
+    workers = bench.workers.procs
+    k = len(workers)
+    counts = [count // k + (1 if i < count % k else 0) for i in range(k)]
+    pending = [w.send("connect", count=counts[i], start=starts[i],
+                      concurrency=max(1, a.concurrency // k),
+                      deadline_s=max(0.0, deadline - time.monotonic()), **bench.common())
+               for i, w in enumerate(workers)]
+    for i, c in enumerate(counts):
+        starts[i] += c
+    interval = 0.1 if a.n <= 2000 else 0.25
     while True:
-        finished = all(p.ready() for p in pending)
+        finished = len(gevent.wait(pending, timeout=interval)) == len(pending)
         stats = bench.worker_stats()
         logged = sum(s["logged_in"] for s in stats)
         failed = sum(sum(s["failures"].values()) for s in stats)
-        if logged + failed > done_n:
-            bar.update(logged + failed - done_n)
-            done_n = logged + failed
+        if logged + failed > shown:
+            bar.update(logged + failed - shown)
+            shown = logged + failed
         if failed:
             bar.set_postfix_str(f"failed {failed}")
-        if thresholds and (logged >= thresholds[0] or finished):
-            rss = bench.server_rss()
-            if rss is not None:
-                memory.append([logged, rss])
-            while thresholds and (logged >= thresholds[0] or finished):
-                thresholds.pop(0)
-        if finished:
+        if finished or time.monotonic() > deadline + a.connect_timeout + 5:
             break
-        if time.time() - t0 > a.phase_timeout + a.connect_timeout + 5:
-            break
-        gevent.sleep(0.1 if n <= 2000 else 0.25)
+    return [p.get() if p.ready() else {"ok": False} for p in pending], logged, shown
+
+
+def _connect_in_steps(bench, memory) -> list:
+    """Open -n connections in --mem-steps rounds and read the server's RSS after each:
+    the memory curve gets exactly one point a round, however fast the rounds go."""
+    a = bench.args
+    n = a.n
+    steps = max(1, a.mem_steps)
+    starts = [0] * len(bench.workers.procs)
+    deadline = time.monotonic() + a.phase_timeout
+    bar = bench.bar(n, "connect", "conn")
+    answers, opened, shown = [], 0, 0
+    for i in range(steps):
+        mark = math.ceil(n * (i + 1) / steps)
+        got, logged, shown = _connect_round(bench, starts, mark - opened, deadline, bar, shown)
+        answers += got
+        opened = mark
+        rss = bench.server_rss()
+        if rss is not None:
+            memory.append([logged, rss])
     bar.close()
+    return answers
 
 
 def _login_latency_ms(stats) -> dict:
@@ -84,25 +108,23 @@ def _result(bench, answers, stats, memory, base_rss, t0) -> dict:
 def run(bench) -> dict:
     a = bench.args
     workers = bench.start_workers()
-    k = len(workers)
     n = a.n
-    counts = [n // k + (1 if i < n % k else 0) for i in range(k)]
     bench.baseline = bench.server_snapshot()
     base_rss = bench.server_rss(bench.baseline)
     memory = [[0, base_rss]] if base_rss is not None else []
     bench.log(f"bench: connecting {n} clients ({a.driver}) to {', '.join(bench.ws_urls)} "
               f"from {', '.join(bench.source_ips) or 'any source'}, concurrency {a.concurrency}")
-    per_conc = max(1, a.concurrency // k)
     t0 = time.time()
-    pending = [w.send("connect", count=counts[i], start=0, concurrency=per_conc,
-                      deadline_s=a.phase_timeout, **bench.common())
-               for i, w in enumerate(workers.procs)]
-    _follow(bench, pending, n, memory, t0)
-    answers = [p.get() if p.ready() else {"ok": False} for p in pending]
+    answers = _connect_in_steps(bench, memory)
     stats = workers.call_all("stats", samples=True, timeout=30)
     result = _result(bench, answers, stats, memory, base_rss, t0)
     bench.results["scenarios"]["connect"] = result
     bench.samples["memory_curve"] = memory
+    if not result["connected"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in result["failures"].items()) or "none"
+        raise NothingConnected(
+            f"no connection succeeded: 0 of {n} to {', '.join(bench.ws_urls)} (failures: "
+            f"{reasons}); is a server listening there?")
     bench.connected = True
     if a.heartbeat_interval > 0:
         workers.call_all("heartbeats", interval=a.heartbeat_interval, max_seconds=a.max_seconds)

@@ -8,7 +8,7 @@ from gevent.pool import Pool
 from ..stats import summary
 
 
-def _send_all(bench, users, prefix, bar) -> "tuple[dict, dict, float, float]":
+def _send_all(bench, users, prefix, receipts) -> "tuple[dict, dict, float, float]":
     """Every send at its slot: ({msgID: (start, end, error)}, {error: n}, start, end)."""
     a = bench.args
     targets = bench.http_targets
@@ -33,7 +33,7 @@ def _send_all(bench, users, prefix, bar) -> "tuple[dict, dict, float, float]":
         sends[msg_id] = (t0, time.time(), err)
         if err:
             errors[err] = errors.get(err, 0) + 1
-        bar.update(1)
+        receipts.sent += 1
 
     t_start = time.time()
     for k in range(a.unicast_messages):
@@ -63,11 +63,10 @@ def run(bench) -> dict:
     targets = bench.http_targets
     bench.log(f"bench: {m} unicast messages at {a.rate}/s to {len(users)} online users "
               f"via {', '.join(t.base for t in targets)}")
-    bar = bench.bar(m, "unicast send", "msg")
-    sends, errors, t_start, t_sent = _send_all(bench, users, prefix, bar)
-    bar.close()
+    receipts = bench.receipts(prefix, m, "unicast", m)
+    sends, errors, t_start, t_sent = _send_all(bench, users, prefix, receipts)
     ok = sum(1 for v in sends.values() if v[2] is None)
-    got = bench.wait_count(prefix, ok, a.wait, "unicast receive")
+    got = receipts.wait(ok, a.wait)
     collected = bench.workers.call_all("collect", prefix=prefix, all_times=True, timeout=60)
     latencies = []
     received = 0
