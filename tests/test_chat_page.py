@@ -43,6 +43,7 @@ def run_scenario(name, node, out_dir, actions=None, other=None):
            "--out-dir", str(out_dir)]
     if other is not None:
         cmd += ["--other-url", other.http_url]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(out_dir) / f"{name}.stderr", "w+") as stderr:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=stderr, text=True)
