@@ -208,3 +208,19 @@ def test_progress_keeps_moving_and_its_rates_are_per_second_of_the_phase(make_no
     assert _rate(data, b"broadcast") <= 200 / 3 * 1.05
     assert _rate(data, b"unicast") <= 40 / 1.95 * 1.05
     assert not re.search(rb"[\d?]s/s", data), data.decode(errors="replace")[-3000:]
+
+
+def test_the_http_pool_survives_the_servers_keep_alive_timeout(node):
+    # The node closes idle kept-alive connections after 5 s; a pool holding several of them
+    # must not fail the next send (each would be as stale as the first it tries).
+    import gevent
+    from imserver.bench.coordinator import HttpPool
+
+    pool = HttpPool(node.http_url, size=8, timeout=5)
+    jobs = [gevent.spawn(pool.request, "GET", "/system/state") for _ in range(4)]
+    gevent.joinall(jobs, timeout=10, raise_error=True)
+    assert all(job.value[0] == 200 for job in jobs)
+    time.sleep(6.5)  # past the node's keep-alive: every pooled connection is closed
+    status, body = pool.post("/user/sendMessageAll", appID=101, userID="pool-test",
+                             msgID=f"pool-{time.time()}", message="after idle")
+    assert (status, body["code"]) == (200, 200), body

@@ -155,11 +155,13 @@ class HttpPool:
         self.timeout = timeout
         self._idle = LifoQueue(maxsize=size)
 
-    def _conn(self):
-        try:
-            return self._idle.get_nowait()
-        except Empty:
-            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+    def _conn(self, fresh: bool = False):
+        if not fresh:
+            try:
+                return self._idle.get_nowait()
+            except Empty:
+                pass
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def _release(self, conn):
         try:
@@ -168,8 +170,10 @@ class HttpPool:
             conn.close()
 
     def request(self, method: str, path: str, params: dict = None) -> "tuple[int, dict]":
-        """(HTTP status, JSON body); retried once on a stale kept-alive connection (sends
-        carry a msgID, so a repeat is never delivered twice)."""
+        """(HTTP status, JSON body); retried once, on a new connection, when a kept-alive one
+        turns out to be closed (the server ends idle ones after its keep-alive time, and
+        the other idle ones are as old; sends carry a msgID, so a repeat is never delivered
+        twice)."""
         body = None
         headers = {}
         url = self.prefix + path
@@ -179,7 +183,7 @@ class HttpPool:
             body = urlencode(params)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         for attempt in (0, 1):
-            conn = self._conn()
+            conn = self._conn(fresh=attempt == 1)
             try:
                 conn.request(method, url, body=body, headers=headers)
                 resp = conn.getresponse()
