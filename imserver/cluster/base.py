@@ -5,15 +5,18 @@
   implementation shares one meaning of "online";
 * a Relay carries messages to other nodes;
 * a PeerService is what a node does for its peers' calls (the relay's server side calls
-  it, never the node's own attributes).
+  it, never the node's own attributes);
+* a StreamStore keeps streams of messages (a room's history, a user's inbox) with offsets
+  and an epoch, for history and recovery after a reconnect.
 
 The memory implementations make a cluster of one node (the embedded default); the
 Redis store and the gRPC relay make a real cluster. Nothing outside this package
 knows which one runs.
 """
 import abc
+import secrets
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..protocol import Message
 
@@ -171,3 +174,63 @@ class PeerService(abc.ABC):
     @abc.abstractmethod
     def is_local(self, app_id: int, user_id: str) -> bool:
         """Is the user connected here?"""
+
+
+# -- streams ---------------------------------------------------------------------------------
+
+
+class StreamEntry(NamedTuple):
+    offset: int
+    payload: str  # what the node stored: the message's push data as JSON text
+
+
+class StreamSlice(NamedTuple):
+    """Entries of one stream, oldest first, with the stream's epoch and top offset as they
+    were when the entries were read (one consistent view)."""
+    entries: "list[StreamEntry]"
+    epoch: str
+    top: int
+
+
+def new_epoch() -> str:
+    """A stream's epoch: random, so that a stream made again (lost, expired, a restarted
+    embedded node) never reuses one and old offsets are known to be void."""
+    return secrets.token_urlsafe(6)
+
+
+def room_stream(app_id: int, room: str) -> str:
+    """The stream of a room ("" is the app's own room). The braces are a Redis Cluster hash
+    tag: every key of one stream lands in one slot."""
+    return f"stream:{{{app_id}:{room}}}"
+
+
+def inbox_stream(app_id: int, user_id: str) -> str:
+    """The stream of a user's private inbox."""
+    return f"inbox:{{{app_id}_{user_id}}}"
+
+
+class StreamStore(abc.ABC):
+    """Streams of stored messages. Each append gets the next offset of its stream (1, 2, 3,
+    ...) and the stream's epoch, fixed when the stream is made: a stream that holds nothing
+    yet (or no longer exists) is made by ``position`` or ``append`` with a new epoch and top
+    offset 0. A stream keeps its last ``size`` entries and disappears ``ttl`` seconds after
+    its last append (its next use makes it again, with a new epoch). Every method may raise
+    StoreError."""
+
+    @abc.abstractmethod
+    def append(self, stream: str, payload: str, size: int, ttl: float) -> "tuple[int, str]":
+        """Store ``payload`` as the stream's next entry, in one atomic step: (offset, epoch)."""
+
+    @abc.abstractmethod
+    def position(self, stream: str, ttl: float) -> "tuple[int, str]":
+        """(top offset, epoch), making the stream when it does not exist."""
+
+    @abc.abstractmethod
+    def since(self, stream: str, offset: int, limit: int) -> StreamSlice:
+        """The kept entries with offsets above ``offset``, oldest first, at most ``limit``.
+        A stream that does not exist answers no entries, top 0 and epoch ""."""
+
+    @abc.abstractmethod
+    def before(self, stream: str, offset: "int | None", limit: int) -> StreamSlice:
+        """The newest ``limit`` kept entries with offsets below ``offset`` (below none: the
+        newest of all), oldest first: history, paged backwards."""

@@ -1,10 +1,10 @@
 """In-process implementations: a cluster of one node, with no other service."""
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Optional
 
 from .base import (MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, Relay,
-                   RelayError, same_login)
+                   RelayError, StreamEntry, StreamSlice, StreamStore, new_epoch, same_login)
 
 MAX_MSG_IDS = 1_000_000  # bound on remembered msgIDs; the oldest are forgotten first
 
@@ -92,3 +92,68 @@ class NoPeersRelay(Relay):
 
     def user_lists(self, peers, app_id):
         return [], [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
+
+
+class _Stream:
+    __slots__ = ("epoch", "top", "entries", "expires")
+
+    def __init__(self, expires: float):
+        self.epoch = new_epoch()  # a new one at each start of the process too
+        self.top = 0
+        self.entries: "deque[StreamEntry]" = deque()
+        self.expires = expires
+
+
+class MemoryStreamStore(StreamStore):
+    """Streams in this process, for the embedded node: lost at a restart, which the new
+    epochs say."""
+
+    def __init__(self, clock=time.time):
+        self._clock = clock
+        self._streams: "dict[str, _Stream]" = {}
+
+    def _live(self, stream: str) -> "_Stream | None":
+        found = self._streams.get(stream)
+        if found is not None and found.expires <= self._clock():
+            del self._streams[stream]
+            return None
+        return found
+
+    def _made(self, stream: str, ttl: float) -> _Stream:
+        found = self._live(stream)
+        if found is None:
+            found = self._streams[stream] = _Stream(self._clock() + ttl)
+        return found
+
+    def append(self, stream, payload, size, ttl):
+        found = self._made(stream, ttl)
+        found.top += 1
+        found.entries.append(StreamEntry(found.top, payload))
+        while len(found.entries) > max(1, size):
+            found.entries.popleft()
+        found.expires = self._clock() + ttl
+        return found.top, found.epoch
+
+    def position(self, stream, ttl):
+        found = self._made(stream, ttl)
+        return found.top, found.epoch
+
+    def since(self, stream, offset, limit):
+        found = self._live(stream)
+        if found is None:
+            return StreamSlice([], "", 0)
+        entries = [e for e in found.entries if e.offset > offset][:max(0, limit)]
+        return StreamSlice(entries, found.epoch, found.top)
+
+    def before(self, stream, offset, limit):
+        found = self._live(stream)
+        if found is None:
+            return StreamSlice([], "", 0)
+        older = [e for e in found.entries if offset is None or e.offset < offset]
+        return StreamSlice(older[-limit:] if limit > 0 else [], found.epoch, found.top)
+
+    def prune(self) -> None:
+        """Drop the streams whose TTL has run out."""
+        now = self._clock()
+        for stream in [s for s, found in self._streams.items() if found.expires <= now]:
+            del self._streams[stream]

@@ -65,28 +65,29 @@ def connection_pool(url: str, addr: str, password: str, db: int, pool_size: int,
                                         password=password or None, db=db, **options)
 
 
-class RedisPresenceStore(PresenceStore):
-    def __init__(self, pool: redis.BlockingConnectionPool, timeout: float = 1.0,
-                 clock=time.time):
-        self._redis = redis.Redis(connection_pool=pool)
-        self._clock = clock
-        self._timeout = timeout
-        self._logoff = self._redis.register_script(LOGOFF_SCRIPT)
+class BoundedRedis:
+    """A Redis client whose every call answers or fails within ``timeout``, failing at once
+    for FAIL_FAST seconds after one found Redis unreachable. Stores on one Redis share one,
+    so that they share what they learn about it."""
+
+    def __init__(self, pool: redis.BlockingConnectionPool, timeout: float = 1.0):
+        self.redis = redis.Redis(connection_pool=pool)
+        self.timeout = timeout
         self._down_until = float("-inf")  # time.monotonic() until which calls fail at once
         self._down_reason = ""
 
-    def _call(self, fn, *args, **kwargs):
+    def call(self, fn, *args, **kwargs):
         if time.monotonic() < self._down_until:
             REDIS_ERRORS.inc()
             raise StoreError(f"redis: unreachable a moment ago ({self._down_reason})")
-        deadline = gevent.Timeout(self._timeout)
+        deadline = gevent.Timeout(self.timeout)
         deadline.start()
         try:
             return fn(*args, **kwargs)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
-            raise self._unreachable(f"no answer within redis.timeout ({self._timeout:g}s)") from None
+            raise self._unreachable(f"no answer within redis.timeout ({self.timeout:g}s)") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"{exc.__class__.__name__}: {exc}") from None
         except redis.RedisError as exc:
@@ -100,6 +101,16 @@ class RedisPresenceStore(PresenceStore):
         self._down_until = time.monotonic() + FAIL_FAST
         self._down_reason = reason
         return StoreError(f"redis: {reason}")
+
+
+class RedisPresenceStore(PresenceStore):
+    def __init__(self, pool: redis.BlockingConnectionPool, timeout: float = 1.0,
+                 clock=time.time):
+        self.bounded = BoundedRedis(pool, timeout)
+        self._redis = self.bounded.redis
+        self._call = self.bounded.call
+        self._clock = clock
+        self._logoff = self._redis.register_script(LOGOFF_SCRIPT)
 
     def ping(self) -> None:
         self._call(self._redis.ping)

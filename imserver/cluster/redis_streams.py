@@ -1,0 +1,97 @@
+"""StreamStore on Redis: each stream is a Redis Stream of its entries (entry ID
+``<offset>-0``) and a hash holding its epoch and top offset, under one hash tag
+(``acc:stream:{101:lobby}`` and ``acc:stream:{101:lobby}:meta``), so that the two keys
+live in one slot of a Redis Cluster. One script per append assigns the offset, adds the
+entry, trims the stream to its size and renews the TTL; reads take entries and meta in
+one transaction."""
+import redis
+
+from .base import StreamEntry, StreamSlice, StreamStore, new_epoch
+from .redis_store import BoundedRedis
+
+KEY_PREFIX = "acc:"
+
+# KEYS: stream, meta. ARGV: payload, size, ttl (ms), an epoch for a stream made now.
+# A meta hash that is gone (expired, evicted, a store that lost its data) makes a new
+# stream: old entries, if any survived, are dropped, as their offsets are void.
+APPEND_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'top', 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'p', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {offset, epoch}
+"""
+
+# KEYS: meta. ARGV: ttl (ms), an epoch for a stream made now.
+POSITION_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return {tonumber(redis.call('HGET', KEYS[1], 'top')), epoch}
+"""
+
+
+def _keys(stream: str) -> "tuple[str, str]":
+    key = KEY_PREFIX + stream
+    return key, key + ":meta"
+
+
+def _entries(raw) -> "list[StreamEntry]":
+    return [StreamEntry(int(entry_id.split(b"-", 1)[0]), fields[b"p"].decode("utf-8"))
+            for entry_id, fields in raw]
+
+
+class RedisStreamStore(StreamStore):
+    def __init__(self, bounded: BoundedRedis):
+        self._bounded = bounded
+        self._redis: redis.Redis = bounded.redis
+        self._append = self._redis.register_script(APPEND_SCRIPT)
+        self._position = self._redis.register_script(POSITION_SCRIPT)
+
+    def append(self, stream, payload, size, ttl):
+        offset, epoch = self._bounded.call(self._append, keys=list(_keys(stream)),
+                                           args=[payload, max(1, int(size)),
+                                                 max(1, int(ttl * 1000)), new_epoch()])
+        return int(offset), epoch.decode()
+
+    def position(self, stream, ttl):
+        top, epoch = self._bounded.call(self._position, keys=[_keys(stream)[1]],
+                                        args=[max(1, int(ttl * 1000)), new_epoch()])
+        return int(top), epoch.decode()
+
+    def _read(self, stream: str, add_read=None) -> StreamSlice:
+        """Meta and, with ``add_read(pipe, key)``, entries, in one transaction."""
+        key, meta = _keys(stream)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hmget(meta, "epoch", "top")
+        if add_read is not None:
+            add_read(pipe, key)
+        answers = self._bounded.call(pipe.execute)
+        epoch, top = answers[0]
+        if epoch is None:
+            return StreamSlice([], "", 0)
+        raw = answers[1] if add_read is not None else []
+        return StreamSlice(_entries(raw), epoch.decode(), int(top))
+
+    def since(self, stream, offset, limit):
+        if limit <= 0:
+            return self._read(stream)
+        return self._read(stream, lambda pipe, key: pipe.xrange(
+            key, min=f"{max(0, offset) + 1}-0", max="+", count=limit))
+
+    def before(self, stream, offset, limit):
+        if offset is not None and offset <= 1 or limit <= 0:
+            return self._read(stream)  # nothing is below offset 1
+        newest = "+" if offset is None else f"{offset - 1}-0"
+        sliced = self._read(stream, lambda pipe, key: pipe.xrevrange(
+            key, max=newest, min="-", count=limit))
+        return StreamSlice(sliced.entries[::-1], sliced.epoch, sliced.top)
