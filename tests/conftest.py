@@ -34,6 +34,15 @@ def make_node(tmp_path):
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def contract_redis(tmp_path_factory):
+    """One real redis-server for a module of contract tests; each test empties it first."""
+    from cluster_support import RedisProcess
+    server = RedisProcess(tmp_path_factory.mktemp("contract-redis")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     """A fresh redis-server for one test; stopped at the end."""

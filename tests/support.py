@@ -35,6 +35,19 @@ CODE_MSG = {200: "Success", 1000: "未登录", 1001: "参数不合法", 1002: "�
             1100: "节点不可达", 1101: "请求过于频繁", 1102: "节点正在关闭"}
 
 
+class FakeClock:
+    """A clock a store takes as ``clock=``: time passes when a test says so."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def reply(seq, cmd, code=200, data=None) -> dict:
     """The reply envelope PROTOCOL.md specifies, as a dict (its key order too)."""
     return {"seq": seq, "cmd": cmd,

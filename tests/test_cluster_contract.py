@@ -10,6 +10,7 @@ import pytest
 from imserver.cluster import MemoryPresenceStore, NoPeersRelay, record_is_online, user_record
 from imserver.protocol import Message
 from imserver.cluster.base import MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL
+from support import FakeClock
 
 T0 = 1_700_000_000.0  # whole seconds: stores may keep report times as whole seconds
 
@@ -17,34 +18,14 @@ T0 = 1_700_000_000.0  # whole seconds: stores may keep report times as whole sec
 CLOCK_DRIVEN_TTL = {"memory"}
 
 
-class FakeClock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture(params=["memory", "redis"])
 def store_kind(request):
     return request.param
-
-
-@pytest.fixture(scope="module")
-def contract_redis(tmp_path_factory):
-    """One real redis-server for the module; each test starts from an empty database."""
-    from cluster_support import RedisProcess
-    server = RedisProcess(tmp_path_factory.mktemp("contract-redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,24 +8,9 @@ import gevent
 import pytest
 
 from imserver.cluster import MemoryStreamStore, StoreError, inbox_stream, room_stream
+from support import FakeClock
 
 LOBBY = room_stream(101, "lobby")
-
-
-class FakeClock:
-    def __init__(self, now=1_700_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def streams_redis(tmp_path_factory):
-    from cluster_support import RedisProcess
-    server = RedisProcess(tmp_path_factory.mktemp("streams-redis")).start()
-    yield server
-    server.stop()
 
 
 def redis_streams(server):
@@ -38,7 +23,7 @@ def redis_streams(server):
 def streams(request):
     if request.param == "memory":
         return MemoryStreamStore()
-    server = request.getfixturevalue("streams_redis")
+    server = request.getfixturevalue("contract_redis")
     server.client().flushall()
     return redis_streams(server)
 
@@ -118,13 +103,13 @@ def test_an_expired_stream_is_made_again_with_a_new_epoch_in_memory():
     clock = FakeClock()
     streams = MemoryStreamStore(clock=clock)
     _, first = streams.append(LOBBY, payload(1), size=10, ttl=60)
-    clock.now += 59
+    clock.advance(59)
     assert streams.append(LOBBY, payload(2), size=10, ttl=60) == (2, first)  # renewed
-    clock.now += 61
+    clock.advance(61)
     assert streams.since(LOBBY, 0, 10) == ([], "", 0)
     offset, second = streams.append(LOBBY, payload(3), size=10, ttl=60)
     assert offset == 1 and second != first
-    clock.now += 61
+    clock.advance(61)
     streams.prune()
     assert streams.since(LOBBY, 0, 10) == ([], "", 0)
 
@@ -135,10 +120,10 @@ def test_a_restarted_memory_store_has_new_epochs():
 
 # -- Redis only -----------------------------------------------------------------------------------
 
-def test_redis_keys_share_a_hash_tag_and_carry_the_ttl(streams_redis):
-    client = streams_redis.client()
+def test_redis_keys_share_a_hash_tag_and_carry_the_ttl(contract_redis):
+    client = contract_redis.client()
     client.flushall()
-    streams = redis_streams(streams_redis)
+    streams = redis_streams(contract_redis)
     streams.append(LOBBY, payload(1), size=10, ttl=120)
     streams.append(inbox_stream(101, "alice"), payload(1), size=10, ttl=120)
     keys = sorted(client.keys("acc:*"))
@@ -153,9 +138,9 @@ def test_redis_keys_share_a_hash_tag_and_carry_the_ttl(streams_redis):
     assert key_slot(keys[0].encode()) == key_slot(keys[1].encode())
 
 
-def test_redis_expiry_gives_a_new_epoch(streams_redis):
-    streams_redis.client().flushall()
-    streams = redis_streams(streams_redis)
+def test_redis_expiry_gives_a_new_epoch(contract_redis):
+    contract_redis.client().flushall()
+    streams = redis_streams(contract_redis)
     _, first = streams.append(LOBBY, payload(1), size=10, ttl=0.3)
     time.sleep(0.5)
     assert streams.since(LOBBY, 0, 10) == ([], "", 0)
@@ -163,12 +148,12 @@ def test_redis_expiry_gives_a_new_epoch(streams_redis):
     assert offset == 1 and second != first
 
 
-def test_a_lost_meta_voids_the_old_entries(streams_redis):
+def test_a_lost_meta_voids_the_old_entries(contract_redis):
     # A store that lost the stream's meta (eviction, a partial restore) must not hand out
     # offsets again that old entries still hold.
-    client = streams_redis.client()
+    client = contract_redis.client()
     client.flushall()
-    streams = redis_streams(streams_redis)
+    streams = redis_streams(contract_redis)
     for i in range(3):
         streams.append(LOBBY, payload(i), size=10, ttl=60)
     client.delete("acc:stream:{101:lobby}:meta")
