@@ -4,6 +4,13 @@ from gevent import monkey
 if not monkey.is_module_patched("socket"):
     monkey.patch_all()
 
+import os  # noqa: E402
+
+# Tests run gRPC servers and channels in this process and start node processes beside them.
+# grpcio's fork handlers can then abort the child between fork and exec (an epoll_wait
+# EBADF in its poller thread, a known grpcio bug): a child that execs at once needs none.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import pytest  # noqa: E402
 
 from support import NodeProcess  # noqa: E402
