@@ -1,6 +1,6 @@
 """Benchmark peer: the naive design, the floor any design must beat.
 
-This project's wire protocol (/work/shared/PROTOCOL.md: ``/acc``, ``login``,
+This project's wire protocol (docs/PROTOCOL.md: ``/acc``, ``login``,
 ``heartbeat``, ``ping``, pushed ``msg``/``enter``/``exit`` frames, the HTTP routes) served
 the straightforward way with gevent-websocket + Flask, with no care for memory:
 
