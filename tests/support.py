@@ -35,6 +35,17 @@ CODE_MSG = {200: "Success", 1000: "未登录", 1001: "参数不合法", 1002: "�
             1100: "节点不可达", 1101: "请求过于频繁", 1102: "节点正在关闭"}
 
 
+def grpc_api():
+    """(grpc, pb, pb_grpc) for gRPC calls and servers in this gevent-patched process: grpcio
+    is made to cooperate with gevent first, before any gRPC object exists."""
+    from imserver.cluster.grpc_relay import enable_gevent
+    enable_gevent()
+    import grpc
+    from imserver.cluster.pb import accserver_pb2 as pb
+    from imserver.cluster.pb import accserver_pb2_grpc as pb_grpc
+    return grpc, pb, pb_grpc
+
+
 class FakeClock:
     """A clock a store takes as ``clock=``: time passes when a test says so."""
 

@@ -13,7 +13,7 @@ import websocket
 
 import test_chat_page as chat_page
 from imserver.config import ConfigError, load_config
-from support import Clients, NodeProcess, unique_id, wait_until
+from support import Clients, NodeProcess, grpc_api, unique_id, wait_until
 
 NEW = secrets.token_urlsafe(32)  # auth.secret: [NEW, OLD], NEW signs the page's tokens
 OLD = secrets.token_urlsafe(32)
@@ -290,11 +290,7 @@ def test_open_api_without_a_key(node):
 
 def grpc_call(port, metadata=()):
     """GetUserList on the node at ``port`` with ``metadata``: the reply, or the grpc error."""
-    from imserver.cluster.grpc_relay import enable_gevent
-    enable_gevent()  # before any gRPC object exists in this (gevent-patched) process
-    import grpc
-    from imserver.cluster.pb import accserver_pb2 as pb
-    from imserver.cluster.pb import accserver_pb2_grpc as pb_grpc
+    grpc, pb, pb_grpc = grpc_api()
 
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -308,7 +304,7 @@ def grpc_call(port, metadata=()):
 
 def test_rpc_secret(start_cluster_node):
     """start_cluster_node: make_cluster_node with an rpc port outside the ephemeral range."""
-    import grpc
+    grpc, _, _ = grpc_api()
     secured = {"auth": {"rpcSecret": RPC_SECRET}}
     a, b = start_cluster_node(secured, name="a"), start_cluster_node(secured, name="b")
     user = unique_id()
@@ -342,11 +338,7 @@ def test_rpc_secret(start_cluster_node):
 
 def test_refused_grpc_calls_do_not_flood_the_log(start_cluster_node):
     """2,000 refused calls (a scan, a misconfigured peer) write a line now and then, not one each."""
-    from imserver.cluster.grpc_relay import enable_gevent
-    enable_gevent()
-    import grpc
-    from imserver.cluster.pb import accserver_pb2 as pb
-    from imserver.cluster.pb import accserver_pb2_grpc as pb_grpc
+    grpc, pb, pb_grpc = grpc_api()
 
     node = start_cluster_node({"auth": {"rpcSecret": RPC_SECRET}})
     with grpc.insecure_channel(f"127.0.0.1:{node.rpc_port}") as channel:

@@ -13,7 +13,7 @@ import pytest
 import websocket
 
 from cluster_support import RedisProcess
-from support import ROOT, NodeProcess, unique_id, wait_until
+from support import ROOT, NodeProcess, grpc_api, unique_id, wait_until
 
 SERVERS_KEY = "acc:hash:servers"
 RECORD_FIELDS = {"accIp", "accPort", "appID", "userID", "clientIp", "clientPort", "loginTime",
@@ -296,10 +296,7 @@ def test_user_record_follows_the_protocol(cl):
 # -- gRPC, as another implementation would call it ---------------------------------------------
 
 def test_acc_server_answers_grpc_calls_by_full_method_names(cl):
-    from imserver.cluster.grpc_relay import enable_gevent
-    enable_gevent()  # before any gRPC object exists in this (gevent-patched) process
-    import grpc
-    from imserver.cluster.pb import accserver_pb2 as pb
+    grpc, pb, _ = grpc_api()
 
     app = 104
     a, user_a, _ = cl.login(cl.solo, app, "g")

@@ -9,20 +9,16 @@ import time
 
 import pytest
 
-from support import Clients, unique_id, wait_until
+from support import Clients, grpc_api, unique_id, wait_until
 
 
 class OriginalNode:
     """The cluster-facing side of one node of the original, with ``users`` in each room."""
 
     def __init__(self, redis_client, port, users):
-        from imserver.cluster.grpc_relay import enable_gevent
-        enable_gevent()  # before any gRPC object exists in this (gevent-patched) process
         from concurrent import futures
 
-        import grpc
-        from imserver.cluster.pb import accserver_pb2 as pb
-        from imserver.cluster.pb import accserver_pb2_grpc as pb_grpc
+        grpc, pb, pb_grpc = grpc_api()
 
         self.addr = f"127.0.0.1:{port}"
         self.users = users  # appID -> [userID]
@@ -107,11 +103,7 @@ def test_presence_bound_counts_only_the_users_of_this_servers_nodes(
 
 def test_send_msg_to_a_user_not_on_the_called_node_answers_1005(make_cluster_node):
     """docs/PROTOCOL.md, deliberate differences: the original answers 1004 here."""
-    from imserver.cluster.grpc_relay import enable_gevent
-    enable_gevent()
-    import grpc
-    from imserver.cluster.pb import accserver_pb2 as pb
-    from imserver.cluster.pb import accserver_pb2_grpc as pb_grpc
+    grpc, pb, pb_grpc = grpc_api()
 
     ours = make_cluster_node()
     channel = grpc.insecure_channel(f"127.0.0.1:{ours.rpc_port}")
@@ -141,11 +133,7 @@ def test_a_user_who_left_an_original_node_is_offline(make_cluster_node, original
 
 
 def test_a_message_an_original_node_relays_is_pushed_as_text(make_cluster_node, redis_server):
-    from imserver.cluster.grpc_relay import enable_gevent
-    enable_gevent()
-    import grpc
-    from imserver.cluster.pb import accserver_pb2 as pb
-    from imserver.cluster.pb import accserver_pb2_grpc as pb_grpc
+    grpc, pb, pb_grpc = grpc_api()
 
     ours = make_cluster_node()
     with Clients() as connect:

@@ -64,6 +64,16 @@ def test_each_failure_maps_to_one_close_code_and_drop_label(disconnect, code, dr
 
 # -- every -----------------------------------------------------------------------------------------
 
+def run_until(loop, done, timeout=5.0):
+    """Let the ``every`` greenlet ``loop`` run until ``done()``, then kill it."""
+    try:
+        with gevent.Timeout(timeout):
+            while not done():
+                gevent.sleep(0.01)
+    finally:
+        loop.kill()
+
+
 def test_every_runs_again_and_again_and_survives_a_failure(caplog):
     calls = []
 
@@ -73,13 +83,7 @@ def test_every_runs_again_and_again_and_survives_a_failure(caplog):
             raise ValueError("one bad round")
 
     with caplog.at_level(logging.ERROR, logger="imserver.node"):
-        loop = every(0.01, work, "test work")
-        try:
-            with gevent.Timeout(5):
-                while len(calls) < 4:
-                    gevent.sleep(0.01)
-        finally:
-            loop.kill()
+        run_until(every(0.01, work, "test work"), lambda: len(calls) >= 4)
     assert calls[:4] == [0, 1, 2, 3]
     assert [r.getMessage() for r in caplog.records] == ["test work failed"]
     done = len(calls)
@@ -94,13 +98,7 @@ def test_every_reads_a_callable_interval_before_each_wait():
         waits.append(len(waits))
         return 0.01
 
-    loop = every(interval, lambda: None, "test")
-    try:
-        with gevent.Timeout(5):
-            while len(waits) < 3:
-                gevent.sleep(0.01)
-    finally:
-        loop.kill()
+    run_until(every(interval, lambda: None, "test"), lambda: len(waits) >= 3)
     assert waits[:3] == [0, 1, 2]
 
 
