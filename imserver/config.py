@@ -169,6 +169,8 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.historyTTL": (86400.0, _seconds),
     "app.recoveryMax": (300, _int_at_least(1)),
     "app.maxRoomsPerConnection": (100, _int_at_least(1)),
+    "app.inboxSize": (1000, _int_at_least(0)),
+    "app.inboxTTL": (7 * 86400.0, _seconds),
     "redis.addr": ("", _str),
     "redis.url": ("", _redis_url),
     "redis.password": ("", _str),
