@@ -34,7 +34,7 @@ class Connection:
                  "connect_time", "login_time", "heartbeat_time", "last_seen", "pinged",
                  "closed", "closing", "tokens", "tokens_time", "strikes",
                  "_backlog", "_backlog_bytes", "_writer", "_max_backlog", "_max_frames",
-                 "_write_timeout", "_max_frame", "rooms", "__weakref__")
+                 "_write_timeout", "_max_frame", "rooms", "device", "inbox", "__weakref__")
 
     _next_id = 0
 
@@ -54,6 +54,8 @@ class Connection:
         self.app_id = 0
         self.user_id = ""
         self.rooms: "set[str] | None" = None  # named rooms joined; None until the first
+        self.device = ""  # the deviceID of its login ("" without one)
+        self.inbox = None  # the user's inbox on this node (node.rooms.LocalRoom), once logged in
         now = time.time()
         self.connect_time = now
         self.login_time = 0.0

@@ -148,6 +148,19 @@ class TestPresenceStoreContract:
         assert got is None or got["isLogoff"] is True
         assert record_is_online(got, T0 + 5) is False
 
+    def test_user_nodes_follow_the_records_of_each_node(self, store):
+        assert store.user_nodes(101, "alice") == []
+        store.set_user(record(node_ip="10.0.0.1"))
+        store.set_users([record(node_ip="10.0.0.2", at=T0 + 1), record(102, "alice")])
+        assert store.user_nodes(101, "alice") == ["10.0.0.1:9001", "10.0.0.2:9001"]
+        # a logoff takes its node out even when the stored record is another node's login
+        store.set_user(record(node_ip="10.0.0.1", logout_time=T0 + 5, is_logoff=True))
+        assert store.user_nodes(101, "alice") == ["10.0.0.2:9001"]
+        assert store.user_nodes(102, "alice") == ["10.0.0.1:9001"]
+        store.set_user(record(node_ip="10.0.0.2", at=T0 + 1, logout_time=T0 + 6,
+                              is_logoff=True))
+        assert store.user_nodes(101, "alice") == []
+
     def test_set_users_writes_each_record(self, store):
         recs = [record(101, "a"), record(101, "b"), record(103, "a")]
         store.set_users(recs)

@@ -172,8 +172,30 @@ class TestHub:
         assert hub.user(101, "alice") is conn
         assert hub.room_size(101) == 1
         assert hub.user_ids(101) == ["alice"]
-        assert hub.rooms[101] == {"alice": conn}
+        assert hub.rooms[101] == {conn: None}
+        assert hub.users[101] == {"alice": {"": conn}}
         assert hub.user_count == 1
+
+    def test_devices_of_one_user_live_side_by_side(self):
+        hub, phone, laptop, plain = Hub(), FakeConnection(), FakeConnection(), FakeConnection()
+        assert hub.login(phone, 101, "alice", "phone") is None
+        assert hub.login(laptop, 101, "alice", "laptop") is None
+        assert hub.login(plain, 101, "alice") is None
+        assert hub.devices(101, "alice") == {"phone": phone, "laptop": laptop, "": plain}
+        assert (hub.room_size(101), hub.user_ids(101), hub.user_count) == (1, ["alice"], 1)
+        assert set(hub.rooms[101]) == {phone, laptop, plain}
+        assert phone.device == "phone" and plain.device == ""
+        assert hub.remove(laptop) is True
+        assert hub.devices(101, "alice") == {"phone": phone, "": plain}
+
+    def test_the_same_device_replaces_its_older_connection_only(self):
+        hub, old, new, other = Hub(), FakeConnection(), FakeConnection(), FakeConnection()
+        hub.login(old, 101, "alice", "phone")
+        hub.login(other, 101, "alice", "laptop")
+        assert hub.login(new, 101, "alice", "phone") is old
+        assert old.user_id == "" and old not in hub.rooms[101]
+        assert hub.devices(101, "alice") == {"phone": new, "laptop": other}
+        assert hub.remove(old) is False
 
     def test_same_user_in_other_app_is_independent(self):
         hub, a, b = Hub(), FakeConnection(), FakeConnection()

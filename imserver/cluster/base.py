@@ -81,6 +81,12 @@ class PresenceStore(abc.ABC):
         """The user's record, or None when there is none."""
 
     @abc.abstractmethod
+    def user_nodes(self, app_id: int, user_id: str) -> "list[str]":
+        """Nodes that hold a connection of the user (any device), as their records say:
+        a record written adds its node; a logoff record takes it out, whatever login the
+        stored record describes. Nodes that died are the caller's to leave out."""
+
+    @abc.abstractmethod
     def claim_msg_id(self, msg_id: str) -> bool:
         """Atomically remember ``msg_id`` for MSG_ID_TTL; True only for the first claim."""
 

@@ -16,9 +16,18 @@ class MemoryPresenceStore(PresenceStore):
         self._msg_ids: "OrderedDict[str, float]" = OrderedDict()
         self._nodes: "dict[str, float]" = {}
         self._room_sizes: "dict[int, dict[str, int]]" = {}
+        self._user_nodes: "dict[str, dict[str, float]]" = {}  # user key -> node -> expiry
 
     def set_user(self, record: dict) -> None:
         key = f"{record['appID']}_{record['userID']}"
+        node = f"{record['accIp']}:{record['accPort']}"
+        nodes = self._user_nodes.setdefault(key, {})
+        if record.get("isLogoff"):
+            nodes.pop(node, None)
+            if not nodes:
+                del self._user_nodes[key]
+        else:
+            nodes[node] = self._clock() + USER_RECORD_TTL
         if record.get("isLogoff"):
             current = self._users.get(key)
             if current is not None and not same_login(current[1], record):
@@ -33,6 +42,11 @@ class MemoryPresenceStore(PresenceStore):
         if entry is None or entry[0] <= self._clock():
             return None
         return dict(entry[1])
+
+    def user_nodes(self, app_id: int, user_id: str) -> "list[str]":
+        now = self._clock()
+        nodes = self._user_nodes.get(f"{app_id}_{user_id}", {})
+        return sorted(n for n, expiry in nodes.items() if expiry > now)
 
     def claim_msg_id(self, msg_id: str) -> bool:
         now = self._clock()
@@ -76,6 +90,11 @@ class MemoryPresenceStore(PresenceStore):
             del self._msg_ids[msg_id]
         for key in [k for k, (exp, _) in self._users.items() if exp <= now]:
             del self._users[key]
+        for key, nodes in list(self._user_nodes.items()):
+            for node in [n for n, exp in nodes.items() if exp <= now]:
+                del nodes[node]
+            if not nodes:
+                del self._user_nodes[key]
 
 
 class NoPeersRelay(Relay):

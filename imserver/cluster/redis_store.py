@@ -24,6 +24,7 @@ SERVERS_KEY = "acc:hash:servers"
 USER_KEY_PREFIX = "acc:user:online:"
 MSG_ID_KEY_PREFIX = "acc:submit:again:seq:"
 ROOM_SIZE_KEY_PREFIX = "acc:hash:room:size:"  # this project's addition: node -> local room size
+USER_NODES_KEY = "acc:user:nodes:{{{}_{}}}"  # this project's addition: node -> last record time
 FAIL_FAST = 1.0  # seconds calls fail at once after one found Redis unreachable
 
 # A logout replaces the user's record only if the record is still that login's (same node
@@ -140,6 +141,13 @@ class RedisPresenceStore(PresenceStore):
         for record in records:
             key = f"{USER_KEY_PREFIX}{record['appID']}_{record['userID']}"
             value = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            nodes = USER_NODES_KEY.format(record["appID"], record["userID"])
+            node = f"{record['accIp']}:{record['accPort']}"
+            if record.get("isLogoff"):
+                pipe.hdel(nodes, node)
+            else:
+                pipe.hset(nodes, node, int(record["heartbeatTime"]))
+                pipe.expire(nodes, USER_RECORD_TTL)
             if record.get("isLogoff"):
                 self._logoff(keys=[key], args=[value, record["accIp"], str(record["accPort"]),
                                                int(record["loginTime"]), USER_RECORD_TTL],
@@ -159,6 +167,10 @@ class RedisPresenceStore(PresenceStore):
         if not isinstance(data, dict):
             return None
         return {_CANONICAL.get(str(k).lower(), k): v for k, v in data.items()}
+
+    def user_nodes(self, app_id: int, user_id: str) -> "list[str]":
+        nodes = self._call(self._redis.hkeys, USER_NODES_KEY.format(app_id, user_id))
+        return sorted(n.decode() for n in nodes)
 
     def claim_msg_id(self, msg_id: str) -> bool:
         # One atomic SET NX EX: exactly one claimant in the whole cluster wins.

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from ..cluster import StoreError
 from ..protocol import Code, fold_keys
-from ..protocol.envelope import parse_app_id
+from ..protocol.envelope import device_error, parse_app_id
 
 Handler = Callable[[Any, Any, Any], Tuple[Code, Any]]
 
@@ -59,6 +59,9 @@ def login(sessions, conn, data):
     app_id = 0 if raw_app_id is None else parse_app_id(raw_app_id)  # 0: missing, so 1003
     if user_id is not None and not isinstance(user_id, str) or app_id is None:
         return Code.PARAMETER_ILLEGAL, None
+    device = fields.get("deviceid")
+    if device is not None and device_error(device):
+        raise CommandError(Code.PARAMETER_ILLEGAL, device_error(device))
     if not sessions.valid_user_id(user_id):
         return Code.UNAUTHORIZED_USER_ID, None
     if app_id not in sessions.app_ids:
@@ -70,7 +73,7 @@ def login(sessions, conn, data):
     if conn.user_id or conn.closing:
         return Code.OPERATION_FAILURE, None
     try:
-        sessions.login(conn, app_id, user_id)
+        sessions.login(conn, app_id, user_id, device or "")
     except StoreError as exc:
         log.warning("%r: login of %s_%s refused, cluster store failed: %s",
                     conn, app_id, user_id, exc)

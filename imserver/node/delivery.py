@@ -53,11 +53,13 @@ class Delivery(PeerService):
         return self.rooms.users(app_id, room)
 
     def deliver_to_user(self, user_id: str, message: Message) -> bool:
-        conn = self.hub.user(message.app_id, user_id)
-        if conn is None or not conn.send(message.frame):
-            return False
-        metrics.DELIVERIES.inc()
-        return True
+        """Write the message to every device of the user here; False when none took it."""
+        delivered = 0
+        for conn in tuple(self.hub.devices(message.app_id, user_id).values()):
+            if conn.send(message.frame):
+                delivered += 1
+        metrics.DELIVERIES.inc(delivered)
+        return delivered > 0
 
     def local_users(self, app_id: int) -> "list[str]":
         return self.hub.user_ids(app_id)
@@ -143,21 +145,23 @@ class Delivery(PeerService):
         return users, [exc.peer for exc in failures]
 
     def push_to_user(self, user_id: str, message: Message) -> "tuple[bool, str]":
-        """Deliver to one user wherever they are: (delivered, reason when not).
-        Raises StoreError when the store cannot say where the user is, and RelayError
-        when the user's node cannot be reached."""
+        """Deliver to every device of one user wherever they are: (delivered, reason
+        when not). Raises StoreError when the store cannot say where the user is, and
+        RelayError when none got it and a node of the user could not be reached."""
         metrics.MESSAGES_OUT.labels(message.cmd).inc()
-        if self.deliver_to_user(user_id, message):
+        here = self.deliver_to_user(user_id, message)
+        remote, failures = False, []
+        for peer in self._remote_homes(message.app_id, user_id):
+            try:
+                remote = self.relay.send_to_user(peer, user_id, message) or remote
+            except RelayError as exc:
+                failures.append(exc)
+        if failures:
+            self.relay_failed(failures)
+        if here or remote:
             return True, ""
-        peer = self._remote_home(message.app_id, user_id)
-        if peer is None:
-            return False, "user is not online"
-        try:
-            if self.relay.send_to_user(peer, user_id, message):
-                return True, ""
-        except RelayError as exc:
-            self.relay_failed([exc])
-            raise
+        if failures:
+            raise failures[0]
         return False, "user is not online"
 
     def relay_failed(self, failures) -> None:
@@ -182,17 +186,22 @@ class Delivery(PeerService):
             self.relay_failed(failures)
         return users, [exc.peer for exc in failures]
 
-    def _remote_home(self, app_id: int, user_id: str) -> "str | None":
-        """The live peer a fresh record places the user on, or None. While the store is
-        getting back data it lost, the peers it does not list again yet are asked.
-        Raises StoreError."""
-        record = self.presence.store.get_user(app_id, user_id)
-        if not record_is_online(record):
-            return self._ask_unconfirmed(app_id, user_id)
-        peer = f"{record['accIp']}:{record['accPort']}"
-        if peer == self.presence.addr or peer not in self.presence.peers(fresh=True):
-            return None
-        return peer
+    def _remote_homes(self, app_id: int, user_id: str) -> "list[str]":
+        """The live peers that hold a device of the user, as the store says (this
+        server's nodes list themselves per user; a node of the original is named by the
+        user's record). While the store is getting back data it lost, the peers it does
+        not list again yet are asked. Raises StoreError."""
+        store = self.presence.store
+        homes = set(store.user_nodes(app_id, user_id))
+        record = store.get_user(app_id, user_id)
+        if record_is_online(record):
+            homes.add(f"{record['accIp']}:{record['accPort']}")
+        homes.discard(self.presence.addr)
+        if not homes:
+            found = self._ask_unconfirmed(app_id, user_id)
+            return [found] if found else []
+        live = set(self.presence.peers(fresh=True))
+        return sorted(h for h in homes if h in live)
 
     def _ask_unconfirmed(self, app_id: int, user_id: str) -> "str | None":
         self.presence.peers(fresh=True)  # notices a store that lost its data
@@ -211,18 +220,14 @@ class Delivery(PeerService):
             return False
 
     def is_online(self, app_id: int, user_id: str) -> bool:
-        """Online here, or on the live peer its record names, as that peer confirms (a
-        restarted node keeps its address but not its users). Raises StoreError."""
+        """Online here, or on a live peer that confirms it (a restarted node keeps its
+        address but not its users). Raises StoreError."""
         if self.is_local(app_id, user_id):
             return True
-        peer = self._remote_home(app_id, user_id)
-        if peer is None:
-            return False
-        try:
-            return self.relay.query_online(peer, app_id, user_id)
-        except RelayError as exc:
-            self.relay_failed([exc])
-            return False
+        for peer in self._remote_homes(app_id, user_id):
+            if self._confirms(peer, app_id, user_id):
+                return True
+        return False
 
     # -- idempotency ---------------------------------------------------------------------
 

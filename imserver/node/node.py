@@ -157,7 +157,7 @@ class Node:
     def state(self, debug: bool = False) -> dict:
         conns = self.hub.connections
         writers, backlog = self._backlogs()
-        rooms = {str(app_id): len(users) for app_id, users in self.hub.rooms.items()}
+        rooms = {str(app_id): len(users) for app_id, users in self.hub.users.items()}
         cluster = is_cluster(self.cfg)
         state = {
             "node": self.addr,
@@ -198,7 +198,7 @@ class Node:
                  "userID": c.user_id, "connectTime": int(c.connect_time),
                  "heartbeatTime": int(c.heartbeat_time), "backlogBytes": c.backlog_bytes}
                 for c in self.hub.connections.values()],
-            "userKeys": [f"{a}_{u}" for a, users in self.hub.rooms.items() for u in users],
+            "userKeys": [f"{a}_{u}" for a, users in self.hub.users.items() for u in users],
         }
 
 

@@ -107,7 +107,7 @@ class Presence:
             if (registered_anew or not self.store_healthy) and self.hub.rooms:
                 # The store was down or lost its data (a restart without persistence).
                 records = [self._record(c, c.heartbeat_time) for room in self.hub.rooms.values()
-                           for c in room.values()]
+                           for c in room]
                 self.store.set_users(records)
                 log.warning("node %s registered again, %d user records rewritten",
                             self.addr, len(records))
@@ -132,7 +132,7 @@ class Presence:
     def exchange_room_sizes(self) -> None:
         """Publish this node's room sizes and read the live peers' ones: the presence bound
         counts the whole room. Raises StoreError."""
-        sizes = {a: len(r) for a, r in self.hub.rooms.items()}
+        sizes = {a: len(users) for a, users in self.hub.users.items()}
         self.store.report_room_sizes(self.addr, sizes, self.app_ids)
         live = set(self.store.live_nodes())
         self._check_registration(live)

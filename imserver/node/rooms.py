@@ -82,8 +82,8 @@ class Rooms:
         """The room's connections here, joining ones included."""
         if room.name:
             return list(room.members) + list(room.joining)
-        users = self.hub.rooms.get(room.app_id)
-        return list(users.values()) if users else []
+        members = self.hub.rooms.get(room.app_id)
+        return list(members) if members else []
 
     def users(self, app_id: int, name: str) -> "list[str]":
         """Users of the room here, each once."""
@@ -209,8 +209,8 @@ class Rooms:
                 conns.remove(skip)
             skip_user = ""
         else:
-            users = self.hub.rooms.get(room.app_id)
-            conns = tuple(users.values()) if users else ()
+            members = self.hub.rooms.get(room.app_id)
+            conns = tuple(members) if members else ()
             if room.joining:
                 conns = [c for c in conns if c not in room.joining]
             skip_user = message.sender

@@ -164,17 +164,19 @@ class Sessions:
         return (isinstance(user_id, str) and 0 < len(user_id) <= self.max_user_id
                 and is_encodable(user_id) and not has_control_chars(user_id))
 
-    def login(self, conn: Connection, app_id: int, user_id: str) -> None:
-        """Bind the connection to the user; may raise StoreError (then nothing changed).
-        An older connection of the same user here is replaced and closed."""
+    def login(self, conn: Connection, app_id: int, user_id: str, device: str = "") -> None:
+        """Bind the connection to the user's device ("": none, as the original); may raise
+        StoreError (then nothing changed). An older connection of the same user and
+        device here is replaced and closed; other devices stay."""
         now = time.time()
+        first_here = not self.hub.devices(app_id, user_id)
         self.presence.login(conn, app_id, user_id, now)
-        old = self.hub.login(conn, app_id, user_id)
+        old = self.hub.login(conn, app_id, user_id, device)
         conn.login_time = conn.heartbeat_time = now
         if old is not None:
             log.info("%r replaces %r", conn, old)
             self.end(old, Disconnect.REPLACED)
-        else:
+        elif first_here:
             self.delivery.announce(app_id, user_id, "enter")
 
     def heartbeat(self, conn: Connection, now: float) -> None:
@@ -186,8 +188,8 @@ class Sessions:
         if conn.user_id:
             for room in left:
                 self.delivery.announce(conn.app_id, conn.user_id, "exit", room)
-        if not self.hub.remove(conn):
-            return
+        if not self.hub.remove(conn) or self.hub.devices(conn.app_id, conn.user_id):
+            return  # not logged in, replaced, or the user still has a device here
         self.presence.logout(conn, time.time())
         self.delivery.announce(conn.app_id, conn.user_id, "exit")
 

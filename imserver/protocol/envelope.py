@@ -138,6 +138,18 @@ HISTORY_LIMIT = 50  # messages a history page holds unless asked otherwise
 HISTORY_MAX_LIMIT = 100
 
 
+MAX_DEVICE_LENGTH = 64
+
+
+def device_error(device) -> str:
+    """Why ``device`` is not a deviceID ("" when it is one)."""
+    if not isinstance(device, str) or not 0 < len(device) <= MAX_DEVICE_LENGTH:
+        return f"deviceID must be a string of 1 to {MAX_DEVICE_LENGTH} characters"
+    if has_control_chars(device) or not is_encodable(device):
+        return "deviceID must not hold control characters or lone UTF-16 surrogates"
+    return ""
+
+
 def room_error(room) -> str:
     """Why ``room`` is not a room name ("" when it is one: "" itself is the app's room)."""
     if not isinstance(room, str):
