@@ -61,6 +61,13 @@ def _str(v):
     return v
 
 
+def _directory(v):
+    v = _str(v)
+    if not v.strip():
+        raise ValueError("must name a directory, e.g. uploads or /srv/imserver/uploads")
+    return v
+
+
 def _bool(v):
     if not isinstance(v, bool):
         raise ValueError("must be true or false")
@@ -171,6 +178,8 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.maxRoomsPerConnection": (100, _int_at_least(1)),
     "app.inboxSize": (1000, _int_at_least(0)),
     "app.inboxTTL": (7 * 86400.0, _seconds),
+    "app.maxUploadBytes": (5 << 20, _int_at_least(1024)),
+    "app.uploadDir": ("uploads", _directory),
     "redis.addr": ("", _str),
     "redis.url": ("", _redis_url),
     "redis.password": ("", _str),
@@ -189,7 +198,7 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
 SECRET_KEYS = frozenset(("auth.secret", "auth.apiKey", "auth.rpcSecret"))
 
 _BY_FOLDED = {k.lower(): k for k in SCHEMA}
-_TEXT_CHECKS = (_str, _redis_url)
+_TEXT_CHECKS = (_str, _redis_url, _directory)
 SECTIONS = ("app", "redis", "auth")
 
 

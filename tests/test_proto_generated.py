@@ -37,4 +37,4 @@ def test_service_names_match_the_protocol():
     publish = [(f.name, f.number) for f in pb.DESCRIPTOR.message_types_by_name["PublishReq"].fields]
     assert publish == [("seq", 1), ("appID", 2), ("room", 3), ("cms", 4), ("type", 5), ("msg", 6),
                        ("sender", 7), ("target", 8), ("msgID", 9), ("offset", 10), ("epoch", 11),
-                       ("time", 12)]
+                       ("time", 12), ("inbox", 13)]

@@ -99,6 +99,21 @@ def test_concurrent_appends_get_distinct_contiguous_offsets(streams):
     assert len({job.value[1] for job in jobs}) == 1
 
 
+def test_cursors_move_forward_within_an_epoch(streams):
+    inbox = inbox_stream(101, "alice")
+    assert streams.cursor(inbox, "phone") == (0, "")
+    streams.set_cursor(inbox, "phone", 5, "e1", ttl=60)
+    streams.set_cursor(inbox, "laptop", 2, "e1", ttl=60)
+    assert (streams.cursor(inbox, "phone"), streams.cursor(inbox, "laptop")) == (
+        (5, "e1"), (2, "e1"))
+    streams.set_cursor(inbox, "phone", 3, "e1", ttl=60)  # an older ack does not go back
+    assert streams.cursor(inbox, "phone") == (5, "e1")
+    streams.set_cursor(inbox, "phone", 1, "e2", ttl=60)  # a new epoch starts over
+    assert streams.cursor(inbox, "phone") == (1, "e2")
+    assert streams.cursor(inbox_stream(101, "bob"), "phone") == (0, "")
+    assert streams.cursor(inbox, "tablet") == (0, "")
+
+
 def test_an_expired_stream_is_made_again_with_a_new_epoch_in_memory():
     clock = FakeClock()
     streams = MemoryStreamStore(clock=clock)
@@ -126,16 +141,18 @@ def test_redis_keys_share_a_hash_tag_and_carry_the_ttl(contract_redis):
     streams = redis_streams(contract_redis)
     streams.append(LOBBY, payload(1), size=10, ttl=120)
     streams.append(inbox_stream(101, "alice"), payload(1), size=10, ttl=120)
+    streams.set_cursor(inbox_stream(101, "alice"), "phone", 1, "e", ttl=120)
     keys = sorted(client.keys("acc:*"))
-    assert keys == ["acc:inbox:{101_alice}", "acc:inbox:{101_alice}:meta",
-                    "acc:stream:{101:lobby}", "acc:stream:{101:lobby}:meta"]
+    assert keys == ["acc:inbox:{101_alice}", "acc:inbox:{101_alice}:acks",
+                    "acc:inbox:{101_alice}:meta", "acc:stream:{101:lobby}",
+                    "acc:stream:{101:lobby}:meta"]
     for key in keys:
         assert 115 < client.ttl(key) <= 120, key
     assert client.type("acc:stream:{101:lobby}") == "stream"
     # One slot per stream, by Redis Cluster's rule (CRC16 of the hash tag alone).
     from redis.crc import key_slot
-    assert key_slot(keys[2].encode()) == key_slot(keys[3].encode())
-    assert key_slot(keys[0].encode()) == key_slot(keys[1].encode())
+    assert key_slot(keys[3].encode()) == key_slot(keys[4].encode())
+    assert key_slot(keys[0].encode()) == key_slot(keys[1].encode()) == key_slot(keys[2].encode())
 
 
 def test_redis_expiry_gives_a_new_epoch(contract_redis):

@@ -157,9 +157,10 @@ class Relay(abc.ABC):
     def publish(self, peers: "list[str]", message: Message,
                 timeout: "float | None" = None) -> "tuple[dict[str, int], list[RelayError]]":
         """Ask every peer, in parallel, to push a room's message (named room, or a stored
-        one) to its members of ``message.room``: (peer -> members of the room there,
-        failures). A peer of the original gets an app room's message as ``broadcast``
-        would send it, and never a named room's."""
+        one) to its members of ``message.room``, or a private message (``inbox``) to the
+        connections of that user: (peer -> members or connections there, failures). A
+        peer of the original gets an app room's message as ``broadcast`` would send it, a
+        private one as ``send_to_user`` would, and never a named room's."""
 
     @abc.abstractmethod
     def room_users(self, peers: "list[str]", app_id: int,
@@ -264,6 +265,16 @@ class StreamStore(abc.ABC):
     def before(self, stream: str, offset: "int | None", limit: int) -> StreamSlice:
         """The newest ``limit`` kept entries with offsets below ``offset`` (below none: the
         newest of all), oldest first: history, paged backwards."""
+
+    @abc.abstractmethod
+    def set_cursor(self, stream: str, name: str, offset: int, epoch: str, ttl: float) -> None:
+        """Remember how far ``name`` (a device) has read the stream: ``offset`` of
+        ``epoch``. A cursor only moves forward within one epoch; another epoch replaces it.
+        Cursors are kept for ``ttl`` seconds after the last one was set."""
+
+    @abc.abstractmethod
+    def cursor(self, stream: str, name: str) -> "tuple[int, str]":
+        """(offset, epoch) of ``name``'s cursor; (0, "") when it has none."""
 
     def prune(self) -> None:
         """Drop expired streams; for stores that do not expire them by themselves."""

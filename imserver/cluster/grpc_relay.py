@@ -93,13 +93,14 @@ def publish_request(message: Message) -> pb.PublishReq:
                          cms=message.cmd, type=message.type, msg=message.text,
                          sender=message.sender, target=message.target, msgID=message.msg_id,
                          offset=message.offset, epoch=message.epoch,
-                         time=int(message.time * 1000))
+                         time=int(message.time * 1000), inbox=message.inbox)
 
 
 def published_message(request: pb.PublishReq) -> Message:
     return Message(request.appID, request.seq, request.cms or "msg", request.msg,
                    request.sender, request.type or "text", request.target, request.room,
-                   request.msgID, request.time / 1000, request.offset, request.epoch)
+                   request.msgID, request.time / 1000, request.offset, request.epoch,
+                   request.inbox)
 
 
 def message_of(request) -> Message:
@@ -263,7 +264,14 @@ class GrpcRelay(Relay):
             failed += [RelayError(p, f"{p} Publish: retCode {rsp.retCode} {rsp.errMsg}")
                        for p, rsp in answers.items() if rsp.retCode != Code.OK]
             members = {p: rsp.members for p, rsp in answers.items() if rsp.retCode == Code.OK}
-        if originals and not message.room:
+        if originals and message.inbox:
+            # A node of the original gets a private message as its own SendMsg.
+            for peer in originals:
+                try:
+                    members[peer] = int(self.send_to_user(peer, message.inbox, message))
+                except RelayError as exc:
+                    failed.append(exc)
+        elif originals and not message.room:
             failed += self.broadcast(originals, message, timeout)
         return members, failed
 

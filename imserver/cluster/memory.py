@@ -136,6 +136,8 @@ class MemoryStreamStore(StreamStore):
     def __init__(self, clock=time.time):
         self._clock = clock
         self._streams: "dict[str, _Stream]" = {}
+        # stream -> (expiry, name -> (offset, epoch))
+        self._cursors: "dict[str, tuple[float, dict[str, tuple[int, str]]]]" = {}
 
     def _live(self, stream: str) -> "_Stream | None":
         found = self._streams.get(stream)
@@ -177,8 +179,24 @@ class MemoryStreamStore(StreamStore):
         older = [e for e in found.entries if offset is None or e.offset < offset]
         return StreamSlice(older[-limit:] if limit > 0 else [], found.epoch, found.top)
 
+    def set_cursor(self, stream, name, offset, epoch, ttl):
+        found = self._cursors.get(stream)
+        cursors = found[1] if found is not None and found[0] > self._clock() else {}
+        current = cursors.get(name)
+        if current is None or current[1] != epoch or current[0] < offset:
+            cursors[name] = (offset, epoch)
+        self._cursors[stream] = (self._clock() + ttl, cursors)
+
+    def cursor(self, stream, name):
+        found = self._cursors.get(stream)
+        if found is None or found[0] <= self._clock():
+            return 0, ""
+        return found[1].get(name, (0, ""))
+
     def prune(self) -> None:
-        """Drop the streams whose TTL has run out."""
+        """Drop the streams (and cursors) whose TTL has run out."""
         now = self._clock()
         for stream in [s for s, found in self._streams.items() if found.expires <= now]:
             del self._streams[stream]
+        for stream in [s for s, found in self._cursors.items() if found[0] <= now]:
+            del self._cursors[stream]

@@ -1,7 +1,7 @@
 """StreamStore on Redis: each stream is a Redis Stream of its entries (entry ID
 ``<offset>-0``) and a hash holding its epoch and top offset, under one hash tag
-(``acc:stream:{101:lobby}`` and ``acc:stream:{101:lobby}:meta``), so that the two keys
-live in one slot of a Redis Cluster. One script per append assigns the offset, adds the
+(``acc:stream:{101:lobby}`` and ``acc:stream:{101:lobby}:meta``; an inbox also has ``…:acks``, its devices' cursors), so
+that the keys live in one slot of a Redis Cluster. One script per append assigns the offset, adds the
 entry, trims the stream to its size and renews the TTL; reads take entries and meta in
 one transaction."""
 import redis
@@ -40,6 +40,23 @@ return {tonumber(redis.call('HGET', KEYS[1], 'top')), epoch}
 """
 
 
+# KEYS: acks hash. ARGV: name, offset, epoch, ttl (ms). Forward only within one epoch.
+CURSOR_SCRIPT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local sep = string.find(cur, ' ', 1, true)
+  if sep and string.sub(cur, 1, sep - 1) == ARGV[3]
+      and tonumber(string.sub(cur, sep + 1)) >= tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ' ' .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
 def _keys(stream: str) -> "tuple[str, str]":
     key = KEY_PREFIX + stream
     return key, key + ":meta"
@@ -56,6 +73,7 @@ class RedisStreamStore(StreamStore):
         self._redis: redis.Redis = bounded.redis
         self._append = self._redis.register_script(APPEND_SCRIPT)
         self._position = self._redis.register_script(POSITION_SCRIPT)
+        self._cursor = self._redis.register_script(CURSOR_SCRIPT)
 
     def append(self, stream, payload, size, ttl):
         offset, epoch = self._bounded.call(self._append, keys=list(_keys(stream)),
@@ -95,3 +113,14 @@ class RedisStreamStore(StreamStore):
         sliced = self._read(stream, lambda pipe, key: pipe.xrevrange(
             key, max=newest, min="-", count=limit))
         return StreamSlice(sliced.entries[::-1], sliced.epoch, sliced.top)
+
+    def set_cursor(self, stream, name, offset, epoch, ttl):
+        self._bounded.call(self._cursor, keys=[_keys(stream)[0] + ":acks"],
+                           args=[name, int(offset), epoch, max(1, int(ttl * 1000))])
+
+    def cursor(self, stream, name):
+        raw = self._bounded.call(self._redis.hget, _keys(stream)[0] + ":acks", name)
+        if raw is None:
+            return 0, ""
+        epoch, _, offset = raw.decode().partition(" ")
+        return (int(offset), epoch) if offset.isdigit() else (0, "")

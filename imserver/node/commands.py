@@ -72,13 +72,29 @@ def login(sessions, conn, data):
         return Code.UNAUTHORIZED, None
     if conn.user_id or conn.closing:
         return Code.OPERATION_FAILURE, None
+    rooms = sessions.rooms
+    # A device gets its inbox from its last ack on: what arrives meanwhile waits for it.
+    inbox = rooms.begin_join(conn, app_id, "", inbox=user_id) if device else None
     try:
+        pending = sessions.history.unacked(app_id, user_id, device) if device else None
         sessions.login(conn, app_id, user_id, device or "")
     except StoreError as exc:
+        if inbox is not None:
+            rooms.abort_join(conn, inbox)
         log.warning("%r: login of %s_%s refused, cluster store failed: %s",
                     conn, app_id, user_id, exc)
         return Code.SERVER_ERROR, None
-    return Code.OK, None
+    if not device:
+        rooms.enter_inbox(conn, app_id, user_id)  # live private messages, as the original
+        return Code.OK, None
+
+    def after():
+        for message in pending.messages:
+            conn.send(message.frame)
+        rooms.finish_join(conn, inbox, pending.top, pending.epoch)
+
+    return Code.OK, {"inbox": {"epoch": pending.epoch, "offset": pending.top,
+                               "unacked": len(pending.messages)}}, after
 
 
 @commands.register("heartbeat")

@@ -47,7 +47,7 @@ class Delivery(PeerService):
 
     def publish_here(self, message: Message) -> int:
         self.rooms.deliver(message)
-        return self.rooms.size(message.app_id, message.room)
+        return self.rooms.size_of(message)
 
     def local_room_users(self, app_id: int, room: str) -> "list[str]":
         return self.rooms.users(app_id, room)
@@ -163,6 +163,21 @@ class Delivery(PeerService):
         if failures:
             raise failures[0]
         return False, "user is not online"
+
+    def push_private(self, message: Message, skip=None) -> bool:
+        """A stored private message to every connection of the user whose inbox holds it
+        (``message.inbox``), here and on its other nodes, but ``skip`` (the sending
+        connection): did any connection get it now? Raises StoreError when the store
+        cannot say where the user is."""
+        metrics.MESSAGES_OUT.labels(message.cmd).inc()
+        delivered = self.rooms.deliver(message, skip) > 0
+        homes = self._remote_homes(message.app_id, message.inbox)
+        if homes:
+            members, failures = self.relay.publish(homes, message)
+            delivered = delivered or any(n > 0 for n in members.values())
+            if failures:
+                self.relay_failed(failures)
+        return delivered
 
     def relay_failed(self, failures) -> None:
         """Log failed calls to peers; take the unreachable ones (nothing listens at their

@@ -46,7 +46,7 @@ class Node:
                                  cfg["app.reportInterval"])
         self.streams = streams if streams is not None else MemoryStreamStore()
         self.history = History(self.streams, cfg["app.historySize"], cfg["app.historyTTL"],
-                               cfg["app.recoveryMax"])
+                               cfg["app.recoveryMax"], cfg["app.inboxSize"], cfg["app.inboxTTL"])
         self.rooms = Rooms(self.hub, self.history, cfg["app.maxRoomsPerConnection"])
         self.delivery = Delivery(self.hub, relay, self.presence, self.rooms,
                                  cfg["app.presenceMaxRoom"])

@@ -11,7 +11,7 @@ from .history import Recovery
 
 
 
-def _fields(conn, data) -> dict:
+def user_fields(conn, data) -> dict:
     if not conn.user_id:
         raise CommandError(Code.NOT_LOGGED_IN, "log in first")
     if not isinstance(data, dict):
@@ -29,7 +29,7 @@ def _room(fields: dict) -> str:
     return room
 
 
-def _whole(value, name: str, low: int, high: "int | None" = None) -> int:
+def whole(value, name: str, low: int, high: "int | None" = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (
             high is not None and value > high):
         span = f"from {low} to {high}" if high is not None else f">= {low}"
@@ -48,10 +48,10 @@ def _since(fields: dict) -> "tuple[str, int] | None":
     epoch = since.get("epoch")
     if not isinstance(epoch, str) or not is_encodable(epoch):
         raise CommandError(Code.PARAMETER_ILLEGAL, "since.epoch must be a string")
-    return epoch, _whole(since.get("offset"), "since.offset", 0)
+    return epoch, whole(since.get("offset"), "since.offset", 0)
 
 
-def _store_failed(exc: StoreError) -> CommandError:
+def store_failed(exc: StoreError) -> CommandError:
     return CommandError(Code.SERVER_ERROR, f"cluster store unavailable: {exc}")
 
 
@@ -63,7 +63,7 @@ def _reply(room: str, recovery: Recovery) -> dict:
 
 @commands.register("join")
 def join(sessions, conn, data):
-    fields = _fields(conn, data)
+    fields = user_fields(conn, data)
     room = _room(fields)
     since = _since(fields)
     rooms, history = sessions.rooms, sessions.history
@@ -73,7 +73,7 @@ def join(sessions, conn, data):
         try:
             top, epoch = history.position(app_id, room)
         except StoreError as exc:
-            raise _store_failed(exc) from None
+            raise store_failed(exc) from None
         return Code.OK, _reply(room, Recovery(False, [], top, epoch))
     if room and rooms.is_full(conn):
         raise CommandError(Code.OPERATION_FAILURE, "a connection may be in at most "
@@ -86,7 +86,7 @@ def join(sessions, conn, data):
             recovery = Recovery(False, [], *history.position(app_id, room))
     except StoreError as exc:
         rooms.abort_join(conn, local)
-        raise _store_failed(exc) from None
+        raise store_failed(exc) from None
 
     def after():
         rooms.finish_join(conn, local, recovery.top, recovery.epoch)
@@ -98,7 +98,7 @@ def join(sessions, conn, data):
 
 @commands.register("leave")
 def leave(sessions, conn, data):
-    room = _room(_fields(conn, data))
+    room = _room(user_fields(conn, data))
     if not room:
         raise CommandError(Code.PARAMETER_ILLEGAL, "the app's room cannot be left")
     if not sessions.rooms.leave(conn, conn.app_id, room):
@@ -121,16 +121,22 @@ def _text(fields: dict, name: str, limit: int, required: bool) -> str:
     return value
 
 
-@commands.register("publish")
-def publish(sessions, conn, data):
-    fields = _fields(conn, data)
-    room = _room(fields)
+def message_fields(sessions, fields: dict) -> "tuple[str, str, str]":
+    """(msg, type, msgID) of a message a client sends."""
     text = _text(fields, "msg", sessions.max_message_length, required=True)
     msg_type = _text(fields, "type", MAX_TYPE_LENGTH, required=False) or "text"
     msg_id = _text(fields, "msgID", MAX_MSG_ID_LENGTH, required=False)
     if has_control_chars(msg_type) or has_control_chars(msg_id):
         raise CommandError(Code.PARAMETER_ILLEGAL, "type and msgID must not hold control "
                            "characters")
+    return text, msg_type, msg_id
+
+
+@commands.register("publish")
+def publish(sessions, conn, data):
+    fields = user_fields(conn, data)
+    room = _room(fields)
+    text, msg_type, msg_id = message_fields(sessions, fields)
     if not sessions.rooms.joined(conn, room):
         raise CommandError(Code.UNAUTHORIZED, f"join room {room!r} before publishing to it")
     delivery = sessions.delivery
@@ -139,7 +145,7 @@ def publish(sessions, conn, data):
         if not delivery.claim_msg_id(claim):
             return Code.OK, {"msgID": msg_id, "duplicate": True}
     except StoreError as exc:
-        raise _store_failed(exc) from None
+        raise store_failed(exc) from None
     seq = msg_id or delivery.next_seq()
     message = Message(conn.app_id, seq, "msg", text, conn.user_id, msg_type, room=room,
                       msg_id=seq, time=time.time())
@@ -147,7 +153,7 @@ def publish(sessions, conn, data):
         message = sessions.history.append(message)
     except StoreError as exc:
         delivery.release_msg_id(claim)  # nothing was stored: the same send may be retried
-        raise _store_failed(exc) from None
+        raise store_failed(exc) from None
     try:
         delivery.push_to_room(message, skip=conn)
     except StoreError:
@@ -157,16 +163,21 @@ def publish(sessions, conn, data):
 
 @commands.register("history")
 def history(sessions, conn, data):
-    fields = _fields(conn, data)
-    room = _room(fields)
+    fields = user_fields(conn, data)
+    inbox = fields.get("inbox", False)
+    if not isinstance(inbox, bool):
+        raise CommandError(Code.PARAMETER_ILLEGAL, "inbox must be true or false")
+    room = "" if inbox else _room(fields)
     before = fields.get("before")
     if before is not None:
-        before = _whole(before, "before", 1)
+        before = whole(before, "before", 1)
     limit = fields.get("limit")
-    limit = HISTORY_LIMIT if limit is None else _whole(limit, "limit", 1, HISTORY_MAX_LIMIT)
+    limit = HISTORY_LIMIT if limit is None else whole(limit, "limit", 1, HISTORY_MAX_LIMIT)
     try:
-        page = sessions.history.page(conn.app_id, room, before, limit)
+        page = sessions.history.page(conn.app_id, room, before, limit,
+                                     conn.user_id if inbox else "")
     except StoreError as exc:
-        raise _store_failed(exc) from None
-    return Code.OK, {"room": room, "epoch": page.epoch, "offset": page.top,
+        raise store_failed(exc) from None
+    place = {"inbox": True} if inbox else {"room": room}
+    return Code.OK, {**place, "epoch": page.epoch, "offset": page.top,
                      "publications": [m.data for m in page.messages]}

@@ -22,6 +22,7 @@ from .history import History
 log = logging.getLogger("imserver.node")
 
 GAP_WAIT = 0.2  # seconds a message ahead of a gap waits for the missing ones to arrive
+INBOX = "\x1f"  # an inbox's key among the rooms: no room name holds a control character
 MAX_EARLY = 1000  # messages held ahead of a gap per room; past it the gap is filled at once
 
 
@@ -37,13 +38,15 @@ class Joining:
 
 class LocalRoom:
     """One room on this node. The app's room ("") has its members in the hub (every
-    logged-in connection of the appID); a named room has its own."""
-    __slots__ = ("app_id", "name", "members", "joining", "epoch", "top", "want", "early",
-                 "gap", "peer_members")
+    logged-in connection of the appID); a named room has its own, and so has a user's
+    inbox (``inbox``: the user; its members are the user's connections here)."""
+    __slots__ = ("app_id", "name", "inbox", "members", "joining", "epoch", "top", "want",
+                 "early", "gap", "peer_members")
 
-    def __init__(self, app_id: int, name: str):
+    def __init__(self, app_id: int, name: str, inbox: str = ""):
         self.app_id = app_id
         self.name = name
+        self.inbox = inbox
         self.members: "dict[Connection, None]" = {}
         self.joining: "dict[Connection, Joining]" = {}
         self.epoch: "str | None" = None  # of the stream, as the last message or join said
@@ -66,11 +69,16 @@ class Rooms:
     def get(self, app_id: int, name: str) -> "LocalRoom | None":
         return self._rooms.get((app_id, name))
 
-    def _room(self, app_id: int, name: str) -> LocalRoom:
-        room = self._rooms.get((app_id, name))
+    def _room(self, app_id: int, name: str, inbox: str = "") -> LocalRoom:
+        key = (app_id, INBOX + inbox if inbox else name)
+        room = self._rooms.get(key)
         if room is None:
-            room = self._rooms[(app_id, name)] = LocalRoom(app_id, name)
+            room = self._rooms[key] = LocalRoom(app_id, name, inbox)
         return room
+
+    def _of(self, message: Message) -> "LocalRoom | None":
+        key = INBOX + message.inbox if message.inbox else message.room
+        return self._rooms.get((message.app_id, key))
 
     def joined(self, conn: Connection, name: str) -> bool:
         return not name or bool(conn.rooms and name in conn.rooms)
@@ -80,7 +88,7 @@ class Rooms:
 
     def connections(self, room: LocalRoom) -> "list[Connection]":
         """The room's connections here, joining ones included."""
-        if room.name:
+        if room.name or room.inbox:
             return list(room.members) + list(room.joining)
         members = self.hub.rooms.get(room.app_id)
         return list(members) if members else []
@@ -100,12 +108,23 @@ class Rooms:
         room = self._rooms.get((app_id, name))
         return len(room.members) + len(room.joining) if room else 0
 
+    def size_of(self, message: Message) -> int:
+        """Members here of the message's room, or connections of its inbox's user."""
+        if not message.inbox:
+            return self.size(message.app_id, message.room)
+        room = self._of(message)
+        return len(room.members) + len(room.joining) if room else 0
+
     # -- joining and leaving -------------------------------------------------------------
 
-    def begin_join(self, conn: Connection, app_id: int, name: str) -> LocalRoom:
-        """Hold the room's live messages for ``conn`` until ``finish_join``."""
-        room = self._room(app_id, name)
-        if name:
+    def begin_join(self, conn: Connection, app_id: int, name: str,
+                   inbox: str = "") -> LocalRoom:
+        """Hold the room's (or ``inbox``'s) live messages for ``conn`` until
+        ``finish_join``."""
+        room = self._room(app_id, name, inbox)
+        if inbox:
+            conn.inbox = room
+        elif name:
             if conn.rooms is None:
                 conn.rooms = set()
             conn.rooms.add(name)
@@ -115,9 +134,17 @@ class Rooms:
     def abort_join(self, conn: Connection, room: LocalRoom) -> None:
         """The join failed (the store did not answer): as if it never began."""
         room.joining.pop(conn, None)
-        if room.name and conn.rooms:
+        if room.inbox:
+            conn.inbox = None
+        elif room.name and conn.rooms:
             conn.rooms.discard(room.name)
         self._drop_if_empty(room)
+
+    def enter_inbox(self, conn: Connection, app_id: int, user_id: str) -> None:
+        """A connection of the user without a device: its live private messages only."""
+        room = self._room(app_id, "", user_id)
+        room.members[conn] = None
+        conn.inbox = room
 
     def finish_join(self, conn: Connection, room: LocalRoom, top: int, epoch: str) -> None:
         """After the join's reply (which gave ``top`` of ``epoch``) was written: send what
@@ -129,7 +156,7 @@ class Rooms:
         if epoch and room.epoch != epoch:
             # The first join of the room here, or the stream was made anew since the node
             # last delivered from it: the reply's view holds.
-            room.epoch, room.top = epoch, top
+            room.epoch, room.top, room.want = epoch, top, top  # old offsets are void
             room.early = {o: held for o, held in room.early.items()
                           if o > top and held[0].epoch == epoch}
         joining.top = top
@@ -156,29 +183,37 @@ class Rooms:
         return True
 
     def drop_connection(self, conn: Connection) -> "list[str]":
-        """A connection that ends leaves its rooms: the named rooms it was in."""
+        """A connection that ends leaves its rooms and its inbox: the named rooms it was
+        in."""
         app_room = self._rooms.get((conn.app_id, ""))
         if app_room is not None:
             app_room.joining.pop(conn, None)
+        inbox, conn.inbox = conn.inbox, None
+        if inbox is not None:
+            inbox.members.pop(conn, None)
+            inbox.joining.pop(conn, None)
+            self._drop_if_empty(inbox)
         left = sorted(conn.rooms) if conn.rooms else []
         for name in left:
             self.leave(conn, conn.app_id, name)
         return left
 
     def _drop_if_empty(self, room: LocalRoom) -> None:
-        if room.name and not room.members and not room.joining:
+        if (room.name or room.inbox) and not room.members and not room.joining:
             if room.gap is not None:
                 room.gap.kill(block=False)
-            self._rooms.pop((room.app_id, room.name), None)
+            key = INBOX + room.inbox if room.inbox else room.name
+            if self._rooms.get((room.app_id, key)) is room:
+                del self._rooms[(room.app_id, key)]
 
     # -- delivering ----------------------------------------------------------------------
 
     def deliver(self, message: Message, skip: "Connection | None" = None) -> int:
         """Write the message to the room's connections here (but ``skip``, the sending
         connection; in the app's room, the sending user), in offset order."""
-        room = self._rooms.get((message.app_id, message.room))
+        room = self._of(message)
         if room is None:
-            if message.room:
+            if message.room or message.inbox:
                 return 0  # nobody here
             room = self._room(message.app_id, "")
         offset = message.offset
@@ -189,7 +224,10 @@ class Rooms:
                 # The first join's reply will say where the stream stands.
                 self._hold(room, message, skip)
                 return 0
-            room.epoch, room.top, room.early = message.epoch, offset - 1, {}
+            # A first view takes the stream where it stands; a stream made anew while the
+            # node followed the old one starts at 1, and its first may still be on their way.
+            top = offset - 1 if room.epoch is None else 0
+            room.epoch, room.top, room.want, room.early = message.epoch, top, top, {}
         if offset <= room.top:
             return 0  # delivered already (read from the store to fill a gap)
         if offset > room.top + 1:
@@ -203,7 +241,7 @@ class Rooms:
 
     def _emit(self, room: LocalRoom, message: Message, skip: "Connection | None") -> int:
         frame = message.frame
-        if room.name:
+        if room.name or room.inbox:
             conns = list(room.members)
             if skip is not None and skip in room.members:
                 conns.remove(skip)
@@ -219,7 +257,8 @@ class Rooms:
             if conn is skip or (skip_user and conn.user_id == skip_user):
                 continue
             if joining.top is None:
-                joining.held.append(message)
+                joining.held.append(message)  # written right after its join's reply
+                delivered += 1
             elif (not message.offset or message.offset > joining.top) and conn.send(frame):
                 delivered += 1
         metrics.DELIVERIES.inc(delivered)
@@ -248,7 +287,7 @@ class Rooms:
         for conn, joining in list(room.joining.items()):
             if joining.top is not None and room.top >= joining.top:
                 del room.joining[conn]
-                if room.name:
+                if room.name or room.inbox:
                     room.members[conn] = None
 
     def _schedule_gap_fill(self, room: LocalRoom) -> None:
@@ -264,7 +303,8 @@ class Rooms:
         target = (min(room.early) - 1) if room.early else room.want
         if target > room.top:
             try:
-                page = self.history.missing(room.app_id, room.name, room.top, target - room.top)
+                page = self.history.missing(room.app_id, room.name, room.top, target - room.top,
+                                            room.inbox)
             except StoreError as exc:
                 log.warning("room %s/%r: offsets %d-%d not delivered here, the store failed: %s",
                             room.app_id, room.name, room.top + 1, target, exc)

@@ -19,8 +19,9 @@ class Message:
     room: str = ""  # "" is the app's own room
     msg_id: str = ""  # the idempotency id, "" when the sender gave none
     time: float = 0.0  # unix seconds when the node accepted it
-    offset: int = 0  # its place in the room's stream; 0: not stored
+    offset: int = 0  # its place in the room's stream (or the inbox's); 0: not stored
     epoch: str = ""
+    inbox: str = ""  # a private message: the user whose inbox holds this copy
     _frame: "bytes | None" = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -58,6 +59,10 @@ class Message:
         """The same message at its place in a stream."""
         return replace(self, offset=offset, epoch=epoch)
 
+    def in_inbox(self, user_id: str) -> "Message":
+        """The copy of a private message that ``user_id``'s inbox holds."""
+        return replace(self, inbox=user_id, offset=0, epoch="")
+
     def stored(self) -> str:
         """What a stream keeps of it (the stream knows the app, room, offset and epoch)."""
         return encode_json({"seq": self.seq, "type": self.type, "msg": self.text,
@@ -66,7 +71,7 @@ class Message:
 
     @classmethod
     def from_stored(cls, app_id: int, room: str, payload: str, offset: int,
-                    epoch: str) -> "Message":
+                    epoch: str, inbox: str = "") -> "Message":
         kept = json.loads(payload)
         return cls(app_id, kept["seq"], "msg", kept["msg"], kept["from"], kept["type"],
-                   kept["target"], room, kept["msgID"], kept["time"], offset, epoch)
+                   kept["target"], room, kept["msgID"], kept["time"], offset, epoch, inbox)

@@ -1,5 +1,6 @@
 """The HTTP API for back-end systems: who is online, and pushes to a user or a room."""
 import time
+from dataclasses import replace
 
 from flask import Blueprint, Response, g, request
 
@@ -7,7 +8,7 @@ from ..cluster import RelayError, StoreError
 from ..protocol import Code, Message
 from ..protocol.envelope import parse_app_id
 from .extension import get_node
-from .params import app_id_param, send_fields, user_id_param, text_param
+from .params import app_id_param, send_fields, text_param, type_param, user_id_param
 from .responses import ApiError, add_cors, json_answer, params
 
 bp = Blueprint("api", __name__, url_prefix="/user")
@@ -145,13 +146,18 @@ def send_message():
     user_id = user_id_param(p)
     msg_id, text = send_fields(p)
     sender = text_param(p, "from", "from", required=False)
+    msg_type = type_param(p)
     refuse_while_stopping()
-    delivery = get_node().delivery
+    node = get_node()
+    delivery = node.delivery
     claim_id = _claim_id(msg_id)
     fresh, store_error = claim(delivery, claim_id)
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
-    message = new_message(delivery, app_id, msg_id, text, sender)
+    message = replace(new_message(delivery, app_id, msg_id, text, sender, msg_type),
+                      target=user_id)
+    if node.history.inbox_size > 0:
+        return _send_to_inbox(node, message, claim_id, store_error)
     try:
         delivered, reason = delivery.push_to_user(user_id, message)
     except (StoreError, RelayError):
@@ -161,6 +167,28 @@ def send_message():
         delivery.release_msg_id(claim_id)
         return json_answer(data={"sendResults": False, "sendResultsErr": reason})
     data = {"sendResults": True}
+    if store_error:
+        data["sendResultsErr"] = store_error
+    return json_answer(data=data)
+
+
+def _send_to_inbox(node, message: Message, claim_id: str, store_error: str):
+    """A private message stored in the receiver's inbox before the answer; pushed to the
+    receiver's connections, and kept for its devices that are offline."""
+    delivery = node.delivery
+    try:
+        stored = node.history.append(message.in_inbox(message.target))
+    except StoreError:
+        delivery.release_msg_id(claim_id)  # not stored: a retry may store it
+        raise
+    data = {"sendResults": False, "stored": True, "offset": stored.offset,
+            "epoch": stored.epoch}
+    try:
+        data["sendResults"] = delivery.push_private(stored)
+    except StoreError as exc:
+        store_error = store_error or f"stored; the cluster store could not say where the user is ({exc})"
+    if not data["sendResults"]:
+        data["sendResultsErr"] = "user is not online: the message waits in the inbox"
     if store_error:
         data["sendResultsErr"] = store_error
     return json_answer(data=data)

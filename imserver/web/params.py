@@ -1,7 +1,7 @@
 """Request parameters shared by the API blueprints: checked, with a ``detail`` saying what
 to fix when they are wrong."""
 from ..protocol import Code
-from ..protocol.envelope import (MAX_MSG_ID_LENGTH, has_control_chars, is_encodable,
+from ..protocol.envelope import (MAX_MSG_ID_LENGTH, MAX_TYPE_LENGTH, has_control_chars, is_encodable,
                                   parse_app_id, room_error)
 from .extension import get_node
 from .responses import ApiError
@@ -58,6 +58,15 @@ def send_fields(p: dict):
     if has_control_chars(msg_id):
         raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must not hold control characters")
     return msg_id, message
+
+
+def type_param(p: dict) -> str:
+    """A message's ``type`` ("text" when not given)."""
+    msg_type = text_param(p, "type", "type", required=False) or "text"
+    if len(msg_type) > MAX_TYPE_LENGTH or has_control_chars(msg_type):
+        raise ApiError(Code.PARAMETER_ILLEGAL, f"type must be at most {MAX_TYPE_LENGTH} "
+                       "characters, without control characters")
+    return msg_type
 
 
 def room_param(p: dict, required: bool) -> str:

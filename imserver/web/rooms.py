@@ -4,12 +4,12 @@ recovery"). Keys, errors and CORS as the ``/user`` API."""
 from flask import Blueprint
 
 from ..cluster import RelayError, StoreError
-from ..protocol import Code
-from ..protocol.envelope import HISTORY_LIMIT, HISTORY_MAX_LIMIT, MAX_TYPE_LENGTH
+from ..protocol.envelope import HISTORY_LIMIT, HISTORY_MAX_LIMIT
 from . import api
 from .extension import get_node
-from .params import app_id_param, room_param, send_fields, text_param, user_id_param, whole_param
-from .responses import ApiError, add_cors, json_answer, params
+from .params import (app_id_param, room_param, send_fields, type_param, user_id_param,
+                     whole_param)
+from .responses import add_cors, json_answer, params
 
 bp = Blueprint("rooms", __name__, url_prefix="/room")
 bp.after_request(add_cors)
@@ -25,9 +25,7 @@ def publish():
     room = room_param(p, required=True)
     sender = user_id_param(p)
     msg_id, text = send_fields(p)
-    msg_type = text_param(p, "type", "type", required=False) or "text"
-    if len(msg_type) > MAX_TYPE_LENGTH:
-        raise ApiError(Code.PARAMETER_ILLEGAL, f"type must be at most {MAX_TYPE_LENGTH} characters")
+    msg_type = type_param(p)
     api.refuse_while_stopping()
     node = get_node()
     delivery = node.delivery

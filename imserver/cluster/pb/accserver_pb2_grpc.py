@@ -99,7 +99,8 @@ class AccServerServicer:
 
     def Publish(self, request, context):
         """This server's additions; a node of the original answers UNIMPLEMENTED.
-        Push a stored message of a room to its members on this node but the sender's connection.
+        Push a stored message of a room to its members on this node but the sender's connection,
+        or a private message to the connections of the user whose inbox holds it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
