@@ -104,9 +104,10 @@ def push(seq, cmd, msg, sender, msg_type="text", target="", room="") -> dict:
 
 
 def without_place(data: dict) -> dict:
-    """An answer of a send to a room without the stored message's place, which must be
-    there: a positive ``offset`` and an ``epoch``."""
+    """An answer of a send to a room or a user without the stored message's place, which
+    must be there: a positive ``offset`` and an ``epoch`` (and ``stored``, if any, true)."""
     data = dict(data)
+    assert data.pop("stored", True) is True, f"not stored: {data}"
     offset, epoch = data.pop("offset", None), data.pop("epoch", None)
     assert isinstance(offset, int) and offset > 0, f"no offset in {data}"
     assert isinstance(epoch, str) and epoch, f"no epoch in {data}"

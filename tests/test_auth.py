@@ -221,7 +221,7 @@ def test_send_message_needs_the_key(secure):
         assert client.no_push(0.2)
         for key in (API_KEY, API_KEY_OLD):  # both keys of the rotation
             status, _, body = call(secure, "POST", "/user/sendMessage", {"X-API-Key": key}, **form)
-            assert status == 200 and body["data"] == {"sendResults": True}
+            assert status == 200 and without_place(body["data"]) == {"sendResults": True}
             assert client.push("msg")["response"]["data"]["msg"] == "hi"
 
 
@@ -313,8 +313,8 @@ def test_rpc_secret(start_cluster_node):
         assert client.login(user, 101)["response"]["code"] == 200
         wait_until(lambda: user in a.get("/user/list", appID=101)["data"]["userList"],
                    what="a lists b's user over gRPC")
-        assert a.post("/user/sendMessage", appID=101, userID=user, message="relayed")["data"] == {
-            "sendResults": True}
+        assert without_place(a.post("/user/sendMessage", appID=101, userID=user,
+                                    message="relayed")["data"]) == {"sendResults": True}
         assert client.push("msg")["response"]["data"]["msg"] == "relayed"
 
         # a plain client without the secret, or with a wrong one, is refused
@@ -326,11 +326,14 @@ def test_rpc_secret(start_cluster_node):
         assert list(answer.userID) == [user]
         assert "refused gRPC call /protobuf.AccServer/GetUserList" in log_text(b)
 
-        # a node with another secret cannot deliver to b: 1100, and the detail says why
+        # a node with another secret cannot deliver to b: the message waits in the inbox,
+        # and the answer says why it did not go further
         c = start_cluster_node({"auth": {"rpcSecret": "other-" + RPC_SECRET}}, name="c")
         answer = c.post("/user/sendMessage", appID=101, userID=user, message="intruder")
-        assert answer["code"] == 1100 and answer["data"] == {"sendResults": False}
-        assert "UNAUTHENTICATED" in answer["detail"] and "auth.rpcSecret" in answer["detail"]
+        assert answer["code"] == 200 and answer["data"]["sendResults"] is False, answer
+        assert answer["data"]["unreachableNodes"] == [f"127.0.0.1:{b.rpc_port}"]
+        reason = answer["data"]["sendResultsErr"]
+        assert "UNAUTHENTICATED" in reason and "auth.rpcSecret" in reason
         assert client.no_push(0.5)
     for proc in (a, b, c):
         assert RPC_SECRET not in log_text(proc)

@@ -165,11 +165,12 @@ def test_a_killed_peer_fails_fast_and_drops_out(start_cluster_node, redis_server
     dead.proc.wait(5)
     wait_until(lambda: all(process_gone(p) for p in workers), timeout=5, what="worker gone")
 
-    # a message to the dead node's user: 1100, quickly
+    # a message to the dead node's user: kept in the inbox, the dead node named, quickly
     answer = timed(a_node.post, "/user/sendMessage", appID=app, userID=user_d1,
                    msgID=unique_id("m"), message="are you there?")
-    assert answer["code"] == 1100, answer
+    assert answer["code"] == 200 and answer["data"]["stored"] is True, answer
     assert answer["data"]["sendResults"] is False, answer
+    assert answer["data"]["unreachableNodes"] == [f"127.0.0.1:{dead.rpc_port}"], answer
 
     # a room broadcast from a surviving node still reaches the other surviving node
     answer = timed(a_node.post, "/user/sendMessageAll", appID=app, userID=user_a1,
@@ -200,7 +201,7 @@ def test_a_killed_peer_fails_fast_and_drops_out(start_cluster_node, redis_server
     for _ in range(5):
         answer = timed(a_node.post, "/user/sendMessage", appID=app, userID=user_d1,
                        msgID=unique_id("m"), message="still there?")
-        assert answer["code"] in (200, 1100), answer
+        assert answer["code"] == 200 and answer["data"]["stored"] is True, answer
         assert answer["data"]["sendResults"] is False, answer
         assert timed(a_node.get, "/user/list", appID=app)["code"] == 200
     state = a_node.state(debug=True)

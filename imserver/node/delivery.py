@@ -164,20 +164,20 @@ class Delivery(PeerService):
             raise failures[0]
         return False, "user is not online"
 
-    def push_private(self, message: Message, skip=None) -> bool:
+    def push_private(self, message: Message, skip=None) -> "tuple[bool, list[RelayError]]":
         """A stored private message to every connection of the user whose inbox holds it
         (``message.inbox``), here and on its other nodes, but ``skip`` (the sending
-        connection): did any connection get it now? Raises StoreError when the store
-        cannot say where the user is."""
+        connection): (did any connection get it now, the calls to the user's nodes that
+        failed). Raises StoreError when the store cannot say where the user is."""
         metrics.MESSAGES_OUT.labels(message.cmd).inc()
         delivered = self.rooms.deliver(message, skip) > 0
         homes = self._remote_homes(message.app_id, message.inbox)
-        if homes:
-            members, failures = self.relay.publish(homes, message)
-            delivered = delivered or any(n > 0 for n in members.values())
-            if failures:
-                self.relay_failed(failures)
-        return delivered
+        if not homes:
+            return delivered, []
+        members, failures = self.relay.publish(homes, message)
+        if failures:
+            self.relay_failed(failures)
+        return delivered or any(n > 0 for n in members.values()), failures
 
     def relay_failed(self, failures) -> None:
         """Log failed calls to peers; take the unreachable ones (nothing listens at their

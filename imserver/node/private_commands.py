@@ -36,7 +36,7 @@ def send(sessions, conn, data):
         delivery.release_msg_id(claim)
         raise store_failed(exc) from None
     try:
-        delivered = delivery.push_private(received)
+        delivered, _ = delivery.push_private(received)
         delivery.push_private(kept, skip=conn)  # the sender's other devices
     except StoreError:
         delivered = False  # stored: the receiver's devices get it at their next login

@@ -183,12 +183,20 @@ def _send_to_inbox(node, message: Message, claim_id: str, store_error: str):
         raise
     data = {"sendResults": False, "stored": True, "offset": stored.offset,
             "epoch": stored.epoch}
+    unreachable = []
     try:
-        data["sendResults"] = delivery.push_private(stored)
+        data["sendResults"], unreachable = delivery.push_private(stored)
     except StoreError as exc:
         store_error = store_error or f"stored; the cluster store could not say where the user is ({exc})"
+    if unreachable:
+        data["unreachableNodes"] = [exc.peer for exc in unreachable]
     if not data["sendResults"]:
-        data["sendResultsErr"] = "user is not online: the message waits in the inbox"
+        data["sendResultsErr"] = (f"the user's node did not take it ({unreachable[0]}): the "
+                                  "message waits in the inbox" if unreachable else
+                                  "user is not online: the message waits in the inbox")
+        # As in the original, a send that reached nobody may be sent again (a back end
+        # that does not know the inbox retries); a device drops the repeat by its msgID.
+        delivery.release_msg_id(claim_id)
     if store_error:
         data["sendResultsErr"] = store_error
     return json_answer(data=data)
