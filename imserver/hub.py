@@ -56,6 +56,13 @@ class Hub:
                 del self.rooms[conn.app_id]
         return True
 
+    def detach(self, conn: Connection) -> None:
+        """``conn`` is no longer the user's (a login elsewhere took its device): out of the
+        user's devices and the app's room at once, though it stays open until closed."""
+        if self.remove(conn):
+            self.connections[conn.id] = conn
+        conn.user_id = ""
+
     def devices(self, app_id: int, user_id: str) -> "Dict[str, Connection]":
         """The user's connections here by deviceID (empty when none)."""
         users = self.users.get(app_id)

@@ -149,6 +149,10 @@ class RecordingService(PeerService):
     def local_room_users(self, app_id, room):
         return ["here"] if (app_id, room) == (101, "lobby") else []
 
+    def replace_here(self, app_id, user_id, device, login_time):
+        self.calls.append(("replace", app_id, user_id, device, login_time))
+        return 1
+
 
 def test_the_servicer_answers_from_the_peer_service_only():
     service = RecordingService()
@@ -175,6 +179,10 @@ def test_the_servicer_answers_from_the_peer_service_only():
     assert list(servicer.RoomUsers(pb.RoomUsersReq(appID=101, room="lobby"), None).userID) == [
         "here"]
     assert list(servicer.RoomUsers(pb.RoomUsersReq(appID=101, room="other"), None).userID) == []
+    rsp = servicer.Replace(pb.ReplaceReq(appID=101, userID="ann", deviceID="phone",
+                                         loginTime=2500), None)
+    assert (rsp.retCode, rsp.replaced) == (200, 1)
+    assert service.calls[-1] == ("replace", 101, "ann", "phone", 2.5)
 
 
 # -- delivery --------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ def test_service_names_match_the_protocol():
     service = pb.DESCRIPTOR.services_by_name["AccServer"]
     assert pb.DESCRIPTOR.package == "protobuf"
     assert [m.name for m in service.methods] == [
-        "QueryUsersOnline", "SendMsg", "SendMsgAll", "GetUserList", "Publish", "RoomUsers"]
+        "QueryUsersOnline", "SendMsg", "SendMsgAll", "GetUserList", "Publish", "RoomUsers",
+        "Replace"]
     fields = {m: [(f.name, f.number) for f in pb.DESCRIPTOR.message_types_by_name[m].fields]
               for m in ("SendMsgReq", "SendMsgAllReq", "GetUserListRsp", "QueryUsersOnlineRsp")}
     assert fields["SendMsgReq"] == [("seq", 1), ("appID", 2), ("userID", 3), ("cms", 4),

@@ -167,6 +167,13 @@ class Relay(abc.ABC):
                    room: str) -> "tuple[list[str], list[RelayError]]":
         """Users of a named room on the peers, asked in parallel: (user IDs, failures)."""
 
+    @abc.abstractmethod
+    def replace(self, peers: "list[str]", app_id: int, user_id: str, device: str,
+                login_time: float) -> "list[RelayError]":
+        """Ask the peers, in parallel, to close their connections of the user's device
+        (``device`` "" for none) that logged in before ``login_time``; the failures. A
+        peer of the original has no such call and keeps its connection."""
+
     def forget(self, peer: str) -> None:
         """Drop what is kept for an unreachable peer (its channel)."""
 
@@ -201,6 +208,11 @@ class PeerService(abc.ABC):
     @abc.abstractmethod
     def local_room_users(self, app_id: int, room: str) -> "list[str]":
         """Users of the room connected here."""
+
+    @abc.abstractmethod
+    def replace_here(self, app_id: int, user_id: str, device: str, login_time: float) -> int:
+        """Close (4000) the connection of the user's device here if it logged in before
+        ``login_time``: a login on another node took its place. How many were closed."""
 
     @abc.abstractmethod
     def is_local(self, app_id: int, user_id: str) -> bool:

@@ -285,6 +285,14 @@ class GrpcRelay(Relay):
             users.extend(rsp.userID)
         return users, failed
 
+    def replace(self, peers, app_id, user_id, device, login_time):
+        ours, _ = self._split(peers)
+        request = pb.ReplaceReq(appID=app_id, userID=user_id, deviceID=device,
+                                loginTime=int(login_time * 1000))
+        _, failed = self._fan_out(ours, "Replace", request)
+        _, failed = self._note_originals(failed)  # a node of the original keeps its own
+        return failed
+
     def forget(self, peer: str) -> None:
         self._originals.pop(peer, None)
         self._misses.pop(peer, None)
@@ -324,6 +332,11 @@ class AccServerServicer(pb_grpc.AccServerServicer):
     def Publish(self, request, context):
         members = self.service.publish_here(published_message(request))
         return pb.PublishRsp(retCode=Code.OK, members=members)
+
+    def Replace(self, request, context):
+        replaced = self.service.replace_here(request.appID, request.userID, request.deviceID,
+                                             request.loginTime / 1000)
+        return pb.ReplaceRsp(retCode=Code.OK, replaced=replaced)
 
     def RoomUsers(self, request, context):
         return pb.RoomUsersRsp(retCode=Code.OK, userID=self.service.local_room_users(

@@ -118,6 +118,9 @@ class NoPeersRelay(Relay):
     def room_users(self, peers, app_id, room):
         return [], [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
 
+    def replace(self, peers, app_id, user_id, device, login_time):
+        return [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
+
 
 class _Stream:
     __slots__ = ("epoch", "top", "entries", "expires")

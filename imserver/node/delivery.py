@@ -35,6 +35,8 @@ class Delivery(PeerService):
         self.presence_max_room = presence_max_room
         self._seq = itertools.count(1)
         self._relay_pool = gevent.pool.Pool(RELAY_CONCURRENCY)
+        # Closes a connection a login elsewhere replaced: the node's Sessions' to do.
+        self.replace_local = lambda app_id, user_id, device, login_time: 0
 
     def next_seq(self) -> str:
         return f"{int(time.time() * 1000)}-{next(self._seq)}"
@@ -44,6 +46,28 @@ class Delivery(PeerService):
     def deliver_to_room(self, message: Message) -> int:
         """Write the message's frame to every local member of its room but its sender."""
         return self.rooms.deliver(message)
+
+    def replace_here(self, app_id: int, user_id: str, device: str, login_time: float) -> int:
+        return self.replace_local(app_id, user_id, device, login_time)
+
+    def replace_elsewhere(self, app_id: int, user_id: str, device: str,
+                          login_time: float) -> None:
+        """A login here takes the user's device on the other nodes too (in the background:
+        the login does not wait for them)."""
+        if not self.presence.peers():
+            return
+
+        def replace():
+            try:
+                homes = self._remote_homes(app_id, user_id)
+            except StoreError as exc:
+                log.warning("older logins of %s_%s elsewhere not closed: %s", app_id, user_id, exc)
+                return
+            failures = self.relay.replace(homes, app_id, user_id, device, login_time)
+            if failures:
+                self.relay_failed(failures)
+
+        self._relay_pool.spawn(replace)
 
     def publish_here(self, message: Message) -> int:
         self.rooms.deliver(message)

@@ -52,6 +52,7 @@ class Node:
                                  cfg["app.presenceMaxRoom"])
         self.sessions = Sessions(cfg, self.hub, self.presence, self.delivery, auth,
                                  command_registry, self.history)
+        self.delivery.replace_local = self.sessions.replace_local
         self.addr = self.presence.addr
         self.started_at = time.time()
         self._background = []

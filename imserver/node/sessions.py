@@ -178,6 +178,21 @@ class Sessions:
             self.end(old, Disconnect.REPLACED)
         elif first_here:
             self.delivery.announce(app_id, user_id, "enter")
+        self.delivery.replace_elsewhere(app_id, user_id, device, now)
+
+    def replace_local(self, app_id: int, user_id: str, device: str, login_time: float) -> int:
+        """A login on another node took the user's device: close the connection of it here
+        if it is older (4000), without an ``exit``: the user is still online."""
+        conn = self.hub.devices(app_id, user_id).get(device)
+        if conn is None or conn.login_time >= login_time:
+            return 0
+        log.info("%r replaced by a login on another node", conn)
+        self.rooms.drop_connection(conn)
+        self.hub.detach(conn)
+        if not self.hub.devices(app_id, user_id):
+            self.presence.logout(conn, time.time())  # this node no longer holds the user
+        self.end(conn, Disconnect.REPLACED)
+        return 1
 
     def heartbeat(self, conn: Connection, now: float) -> None:
         conn.heartbeat_time = now

@@ -64,6 +64,11 @@ class AccServerStub:
                 request_serializer=accserver__pb2.RoomUsersReq.SerializeToString,
                 response_deserializer=accserver__pb2.RoomUsersRsp.FromString,
                 _registered_method=True)
+        self.Replace = channel.unary_unary(
+                '/protobuf.AccServer/Replace',
+                request_serializer=accserver__pb2.ReplaceReq.SerializeToString,
+                response_deserializer=accserver__pb2.ReplaceRsp.FromString,
+                _registered_method=True)
 
 
 class AccServerServicer:
@@ -113,6 +118,13 @@ class AccServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Replace(self, request, context):
+        """A login elsewhere takes a user's device: close this node's older connection of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_AccServerServicer_to_server(servicer, server):
                     servicer.RoomUsers,
                     request_deserializer=accserver__pb2.RoomUsersReq.FromString,
                     response_serializer=accserver__pb2.RoomUsersRsp.SerializeToString,
+            ),
+            'Replace': grpc.unary_unary_rpc_method_handler(
+                    servicer.Replace,
+                    request_deserializer=accserver__pb2.ReplaceReq.FromString,
+                    response_serializer=accserver__pb2.ReplaceRsp.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +326,33 @@ class AccServer:
             '/protobuf.AccServer/RoomUsers',
             accserver__pb2.RoomUsersReq.SerializeToString,
             accserver__pb2.RoomUsersRsp.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/protobuf.AccServer/Replace',
+            accserver__pb2.ReplaceReq.SerializeToString,
+            accserver__pb2.ReplaceRsp.FromString,
             options,
             channel_credentials,
             insecure,
