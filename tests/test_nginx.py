@@ -153,10 +153,13 @@ def test_deploy_conf_keeps_state_and_metrics_to_this_machine_and_resends_refused
         lines = [line.strip() for line in block.group(1).splitlines() if line.strip()]
         assert lines[:3] == ["allow 127.0.0.1;", "allow ::1;", "deny all;"], lines
         assert "proxy_pass http://imserver_http;" in lines
-    push = re.search(r"location\s+~\s+\^/user/sendMessage\(All\)\?\$\s*\{(.*?)\}", conf, re.S)
+    push = re.search(r"location\s+~\s+\^/\(user/sendMessage\(All\)\?\|room/publish\)\$\s*\{(.*?)\}",
+                     conf, re.S)
     assert push, "no location for the pushes"
     directive = re.search(r"proxy_next_upstream\s+([^;]+);", push.group(1)).group(1).split()
     assert {"error", "timeout", "http_503", "non_idempotent"} <= set(directive), directive
+    upload = re.search(r"location\s+=\s+/upload\s*\{(.*?)\}", conf, re.S)
+    assert upload and "client_max_body_size 6m;" in upload.group(1), "no room for images"
 
 
 def request_from(nginx, source, method, path, body=None):
