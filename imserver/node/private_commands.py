@@ -1,11 +1,9 @@
 """WebSocket commands of private messages: ``send`` and ``ack`` (PROTOCOL.md, "Devices,
 private messages and the inbox"); ``history`` with ``inbox`` lives with the rooms'."""
-import time
-
 from ..cluster import StoreError
-from ..protocol import Code, Message
+from ..protocol import Code
 from .commands import CommandError, commands
-from .room_commands import message_fields, store_failed, user_fields, whole
+from .room_commands import store_failed, user_fields, user_message, whole
 
 
 @commands.register("send")
@@ -17,17 +15,10 @@ def send(sessions, conn, data):
                            f"{sessions.max_user_id} characters, without control characters")
     if to == conn.user_id:
         raise CommandError(Code.PARAMETER_ILLEGAL, "a private message goes to another user")
-    text, msg_type, msg_id = message_fields(sessions, fields)
     delivery, history = sessions.delivery, sessions.history
-    claim = delivery.user_claim_id(conn.app_id, conn.user_id, msg_id)
-    try:
-        if not delivery.claim_msg_id(claim):
-            return Code.OK, {"msgID": msg_id, "duplicate": True}
-    except StoreError as exc:
-        raise store_failed(exc) from None
-    seq = msg_id or delivery.next_seq()
-    message = Message(conn.app_id, seq, "msg", text, conn.user_id, msg_type, target=to,
-                      msg_id=seq, time=time.time())
+    message, claim = user_message(sessions, conn, fields, target=to)
+    if message is None:
+        return Code.OK, {"msgID": claim, "duplicate": True}
     try:
         received = history.append(message.in_inbox(to))
         kept = history.append(message.in_inbox(conn.user_id))  # the sender's conversation
@@ -40,7 +31,7 @@ def send(sessions, conn, data):
         delivery.push_private(kept, skip=conn)  # the sender's other devices
     except StoreError:
         delivered = False  # stored: the receiver's devices get it at their next login
-    return Code.OK, {"msgID": seq, "offset": kept.offset, "epoch": kept.epoch,
+    return Code.OK, {"msgID": message.seq, "offset": kept.offset, "epoch": kept.epoch,
                      "delivered": delivered}
 
 

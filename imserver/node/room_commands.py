@@ -132,23 +132,34 @@ def message_fields(sessions, fields: dict) -> "tuple[str, str, str]":
     return text, msg_type, msg_id
 
 
-@commands.register("publish")
-def publish(sessions, conn, data):
-    fields = user_fields(conn, data)
-    room = _room(fields)
+def user_message(sessions, conn, fields: dict, **place) -> "tuple[Message | None, str]":
+    """The message a user sends (``place``: its room or target), and its msgID's claim;
+    (None, msgID) when the user sent that msgID before. Raises CommandError (1001 for bad
+    fields, 1004 when the store fails)."""
     text, msg_type, msg_id = message_fields(sessions, fields)
-    if not sessions.rooms.joined(conn, room):
-        raise CommandError(Code.UNAUTHORIZED, f"join room {room!r} before publishing to it")
     delivery = sessions.delivery
     claim = delivery.user_claim_id(conn.app_id, conn.user_id, msg_id)
     try:
         if not delivery.claim_msg_id(claim):
-            return Code.OK, {"msgID": msg_id, "duplicate": True}
+            return None, msg_id
     except StoreError as exc:
         raise store_failed(exc) from None
     seq = msg_id or delivery.next_seq()
-    message = Message(conn.app_id, seq, "msg", text, conn.user_id, msg_type, room=room,
-                      msg_id=seq, time=time.time())
+    return Message(conn.app_id, seq, "msg", text, conn.user_id, msg_type, msg_id=seq,
+                   time=time.time(), **place), claim
+
+
+@commands.register("publish")
+def publish(sessions, conn, data):
+    fields = user_fields(conn, data)
+    room = _room(fields)
+    message_fields(sessions, fields)  # bad fields are told before the membership
+    if not sessions.rooms.joined(conn, room):
+        raise CommandError(Code.UNAUTHORIZED, f"join room {room!r} before publishing to it")
+    delivery = sessions.delivery
+    message, claim = user_message(sessions, conn, fields, room=room)
+    if message is None:
+        return Code.OK, {"msgID": claim, "duplicate": True}
     try:
         message = sessions.history.append(message)
     except StoreError as exc:
@@ -158,7 +169,7 @@ def publish(sessions, conn, data):
         delivery.push_to_room(message, skip=conn)
     except StoreError:
         pass  # stored and delivered here; the peers recover it from the store
-    return Code.OK, {"msgID": seq, "offset": message.offset, "epoch": message.epoch}
+    return Code.OK, {"msgID": message.seq, "offset": message.offset, "epoch": message.epoch}
 
 
 @commands.register("history")
