@@ -129,7 +129,7 @@ class Rooms:
         if epoch and room.epoch != epoch:
             # The first join of the room here, or the stream was made anew since the node
             # last delivered from it: the reply's view holds.
-            room.epoch, room.top = epoch, top
+            room.epoch, room.top, room.want = epoch, top, top  # old offsets are void
             room.early = {o: held for o, held in room.early.items()
                           if o > top and held[0].epoch == epoch}
         joining.top = top
@@ -189,7 +189,10 @@ class Rooms:
                 # The first join's reply will say where the stream stands.
                 self._hold(room, message, skip)
                 return 0
-            room.epoch, room.top, room.early = message.epoch, offset - 1, {}
+            # A first view takes the stream where it stands; a stream made anew while the
+            # node followed the old one starts at 1, and its first may still be on their way.
+            top = offset - 1 if room.epoch is None else 0
+            room.epoch, room.top, room.want, room.early = message.epoch, top, top, {}
         if offset <= room.top:
             return 0  # delivered already (read from the store to fill a gap)
         if offset > room.top + 1:
