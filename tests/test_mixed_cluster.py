@@ -153,3 +153,102 @@ def test_a_message_an_original_node_relays_is_pushed_as_text(make_cluster_node, 
             assert rsp.retCode == 200
             data = client.push("msg")["response"]["data"]
             assert (data["type"], data["msg"]) == ("text", "to all")
+
+
+# -- rooms in a mixed cluster (docs/PROTOCOL.md, "Rooms, history and recovery": a node of the
+# original answers UNIMPLEMENTED to Publish and RoomUsers) ---------------------------------------
+
+def _our_users_known(ours, original_node, count):
+    """Wait until our node lists the original node's users and ``count`` of its own."""
+    want = count + len(original_node.users[101])
+    wait_until(lambda: ours.get("/user/list", appID=101)["data"]["userCount"] == want,
+               timeout=10, what="the original node's users in /user/list")
+
+
+def _room_users(node, room):
+    answer = node.get("/room/users", appID=101, room=room)
+    assert answer["code"] == 200, answer
+    assert "unreachableNodes" not in answer["data"], answer
+    assert answer["data"]["userCount"] == len(answer["data"]["userList"]), answer
+    return sorted(answer["data"]["userList"])
+
+
+def _msg_data(client, text):
+    """The next pushed msg's data, which must be ``text``."""
+    data = client.push("msg")["response"]["data"]
+    assert data["msg"] == text, data
+    return data
+
+
+def _relayed(original_node, text):
+    return [r for r in original_node.room_pushes if r.msg == text]
+
+
+@pytest.mark.parametrize("first", ["named room", "app room"])
+def test_a_named_rooms_messages_never_reach_an_original_node_its_app_room_does(
+        make_cluster_node, original_node, first):
+    """Whichever kind of message first finds out that the peer is an original node."""
+    ours = make_cluster_node()
+    room = unique_id("named")
+    with Clients() as connect:
+        c1, c2 = connect(ours), connect(ours)
+        user1, user2 = unique_id("c1"), unique_id("c2")
+        assert c1.login(user1)["response"]["code"] == 200
+        assert c2.login(user2)["response"]["code"] == 200
+        _our_users_known(ours, original_node, 2)
+        wait_until(lambda: {r.userID for r in original_node.room_pushes if r.cms == "enter"}
+                   >= {user1, user2}, timeout=10, what="our logins' enter at the original")
+        for client in (c1, c2):
+            answer = client.request("join", {"room": room})
+            assert answer["response"]["code"] == 200, answer
+
+        def named():
+            answer = c1.request("publish", {"room": room, "msg": "named over ws"})
+            assert answer["response"]["code"] == 200, answer
+            assert answer["response"]["data"]["offset"] == 1
+            _msg_data(c2, "named over ws")
+            answer = ours.post("/room/publish", appID=101, room=room, userID="backend",
+                               message="named over http")
+            assert answer["code"] == 200 and answer["data"]["offset"] == 2, answer
+            assert "unreachableNodes" not in answer["data"], answer
+            assert "sendResultsErr" not in answer["data"], answer
+            for client in (c1, c2):
+                _msg_data(client, "named over http")
+
+        def app_room():
+            answer = ours.post("/user/sendMessageAll", appID=101, userID=user1,
+                               message="to everyone", msgID=unique_id("m"))
+            assert answer["code"] == 200, answer
+            assert answer["data"]["sendResults"] is True, answer
+            assert "sendResultsErr" not in answer["data"], answer
+            offset, epoch = answer["data"]["offset"], answer["data"]["epoch"]
+            assert offset >= 1 and epoch, answer
+            # the original node got it as the original's call, once
+            relayed = _relayed(original_node, "to everyone")
+            assert len(relayed) == 1, relayed
+            assert (relayed[0].appID, relayed[0].userID, relayed[0].cms) == (101, user1, "msg")
+            data = _msg_data(c2, "to everyone")  # c1 is its sender's user
+            assert (data["room"], data["offset"], data["epoch"]) == ("", offset, epoch)
+            # the app room published over WebSocket reaches it as well
+            answer = c2.request("publish", {"room": "", "msg": "app room over ws"})
+            assert answer["response"]["code"] == 200, answer
+            assert answer["response"]["data"]["offset"] == offset + 1
+            relayed = _relayed(original_node, "app room over ws")
+            assert [(r.userID, r.cms) for r in relayed] == [(user2, "msg")]
+            _msg_data(c1, "app room over ws")
+
+        # /room/users before and after the peer is known as an original node
+        assert _room_users(ours, room) == sorted([user1, user2])
+        for step in ((named, app_room) if first == "named room" else (app_room, named)):
+            step()
+        assert _room_users(ours, room) == sorted([user1, user2])
+        assert _room_users(ours, "") == sorted([user1, user2, *original_node.users[101]])
+
+        # nothing of the named room went to the original node: neither its messages nor
+        # the enters of its joins (one enter per user: the login's, in the app room)
+        assert _relayed(original_node, "named over ws") == []
+        assert _relayed(original_node, "named over http") == []
+        enters = [r.userID for r in original_node.room_pushes if r.cms == "enter"]
+        assert sorted(enters) == sorted([user1, user2]), enters
+        for client in (c1, c2):
+            assert [f for f in client.flush() if f.get("cmd") == "msg"] == []
