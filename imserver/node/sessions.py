@@ -188,9 +188,11 @@ class Sessions:
             return 0
         log.info("%r replaced by a login on another node", conn)
         self.rooms.drop_connection(conn)
+        if len(self.hub.devices(app_id, user_id)) == 1:
+            # This node no longer holds the user: the logout record is written while the
+            # connection still names its user (detach takes the userID off it).
+            self.presence.logout(conn, time.time())
         self.hub.detach(conn)
-        if not self.hub.devices(app_id, user_id):
-            self.presence.logout(conn, time.time())  # this node no longer holds the user
         self.end(conn, Disconnect.REPLACED)
         return 1
 
