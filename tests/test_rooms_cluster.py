@@ -33,10 +33,13 @@ def room_name(prefix="room") -> str:
     return unique_id(prefix)
 
 
-def login(connect, node, prefix="u", user=None):
+def login(connect, node, prefix="u", user=None, device=None):
     client = connect(node)
     user = user or unique_id(prefix)
-    answer = client.login(user, APP)
+    if device is None:
+        answer = client.login(user, APP)
+    else:
+        answer = client.request("login", {"userID": user, "appID": APP, "deviceID": device})
     assert code_of(answer) == 200, answer
     return client, user
 
@@ -126,11 +129,11 @@ def connect():
 def test_a_room_reaches_its_members_on_both_nodes(start_cluster_node, redis_server, connect):
     a_node, b_node = start_pair(start_cluster_node, redis_server)
     room = room_name("lobby")
-    a1, user_a1 = login(connect, a_node, "a1")
+    a1, user_a1 = login(connect, a_node, "a1", device="phone")
     a2, user_a2 = login(connect, a_node, "a2")
     b1, user_b1 = login(connect, b_node, "b1")
-    # a1's user also on B, in the room there too: listed once all the same
-    a1_on_b, _ = login(connect, b_node, user=user_a1)
+    # a1's user also on B (another device), in the room there too: listed once all the same
+    a1_on_b, _ = login(connect, b_node, user=user_a1, device="laptop")
     outsider, _ = login(connect, a_node, "out")  # logged in, not in the room
     first = join(a1, room)
     assert first["room"] == room and first["offset"] == 0 and first["epoch"]
