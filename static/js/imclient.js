@@ -356,7 +356,7 @@ export class IMClient extends EventTarget {
       } else if (FINAL_LOGIN_CODES.has(response.code)) {
         this._stop('refused', this._codeOf(response));
       } else {
-        this._drop('login refused', this._codeOf(response));
+        this._drop('login refused', Object.assign({ why: 'login' }, this._codeOf(response)));
       }
     }, () => { /* the socket went: its close is handled */ });
   }
