@@ -34,7 +34,7 @@ class Connection:
                  "connect_time", "login_time", "heartbeat_time", "last_seen", "pinged",
                  "closed", "closing", "tokens", "tokens_time", "strikes",
                  "_backlog", "_backlog_bytes", "_writer", "_max_backlog", "_max_frames",
-                 "_write_timeout", "_max_frame", "__weakref__")
+                 "_write_timeout", "_max_frame", "rooms", "__weakref__")
 
     _next_id = 0
 
@@ -53,6 +53,7 @@ class Connection:
             self.addr, self.port = str(addr or ""), 0
         self.app_id = 0
         self.user_id = ""
+        self.rooms: "set[str] | None" = None  # named rooms joined; None until the first
         now = time.time()
         self.connect_time = now
         self.login_time = 0.0

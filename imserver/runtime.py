@@ -57,13 +57,15 @@ def build_node(cfg: dict) -> Node:
     enable_gevent()  # before any gRPC object exists
     from .cluster.grpc_relay import GrpcRelay, start_server
     from .cluster.redis_store import RedisPresenceStore, connection_pool
+    from .cluster.redis_streams import RedisStreamStore
 
     store = RedisPresenceStore(connection_pool(
         cfg["redis.url"], cfg["redis.addr"], cfg["redis.password"], cfg["redis.DB"],
         cfg["redis.poolSize"], cfg["redis.timeout"]), cfg["redis.timeout"])
     gevent.spawn(store.warm_up, cfg["redis.minIdleConns"])
     relay = GrpcRelay(cfg["app.rpcTimeout"], metadata=auth.rpc_metadata())
-    node = Node(cfg, store, relay, auth, advertise_ip, rpc_port)
+    node = Node(cfg, store, relay, auth, advertise_ip, rpc_port,
+                streams=RedisStreamStore(store.bounded))
     node.on_stop(store.close)
     node.on_stop(relay.close)
     server = start_server(node.delivery, cfg["app.rpcHost"], rpc_port, secrets=auth.rpc_secrets)

@@ -65,10 +65,38 @@ def reply(seq, cmd, code=200, data=None) -> dict:
             "response": {"code": code, "codeMsg": CODE_MSG[code], "data": data}}
 
 
-def push(seq, cmd, msg, sender, msg_type="text", target="") -> dict:
+# Keys a push gains with rooms (PROTOCOL.md, "Rooms, history and recovery"): ``room`` is
+# compared by ``push``; the others vary per message and are checked by the tests of rooms.
+PLACE_KEYS = frozenset(("msgID", "time", "offset", "epoch"))
+
+
+class Push(dict):
+    """An expected push: equal to a pushed frame with these keys and values, which may
+    also carry the keys of PLACE_KEYS (only those) with any value."""
+
+    def __eq__(self, other):
+        if not isinstance(other, dict) or set(other) != set(self):
+            return False
+        mine, theirs = self["response"], other.get("response")
+        if not isinstance(theirs, dict) or set(theirs) != set(mine):
+            return False
+        if any(other[k] != self[k] for k in ("seq", "cmd")) or any(
+                theirs[k] != mine[k] for k in ("code", "codeMsg")):
+            return False
+        data, got = mine["data"], theirs["data"]
+        extra = set(got) - set(data)
+        return extra <= PLACE_KEYS and all(got.get(k) == v for k, v in data.items())
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = None
+
+
+def push(seq, cmd, msg, sender, msg_type="text", target="", room="") -> dict:
     """A server push (``msg``, ``enter``, ``exit``) as PROTOCOL.md specifies it."""
-    return {"seq": seq, "cmd": cmd, "response": {"code": 200, "codeMsg": "Ok", "data": {
-        "target": target, "type": msg_type, "msg": msg, "from": sender}}}
+    return Push({"seq": seq, "cmd": cmd, "response": {"code": 200, "codeMsg": "Ok", "data": {
+        "target": target, "type": msg_type, "msg": msg, "from": sender, "room": room}}})
 
 
 def compact(obj) -> str:

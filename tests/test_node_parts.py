@@ -32,7 +32,8 @@ def test_a_message_is_immutable():
 def test_a_message_frame_is_the_push_frame_encoded_once():
     message = Message(101, "s-1", "msg", "héllo", "alice", msg_id="m-1", time=1.5)
     frame = message.frame
-    assert frame == text_frame(encode_push("s-1", "msg", "héllo", "alice", "text", ""))
+    assert frame == text_frame(encode_push("s-1", "msg", "héllo", "alice", "text", "",
+                                           {"room": "", "msgID": "m-1", "time": 1500}))
     assert message.frame is frame  # cached, not encoded again
 
 
@@ -141,6 +142,13 @@ class RecordingService(PeerService):
     def is_local(self, app_id, user_id):
         return (app_id, user_id) == (101, "here")
 
+    def publish_here(self, message):
+        self.calls.append(("publish", message))
+        return 2
+
+    def local_room_users(self, app_id, room):
+        return ["here"] if (app_id, room) == (101, "lobby") else []
+
 
 def test_the_servicer_answers_from_the_peer_service_only():
     service = RecordingService()
@@ -157,6 +165,16 @@ def test_the_servicer_answers_from_the_peer_service_only():
     assert servicer.QueryUsersOnline(pb.QueryUsersOnlineReq(appID=101, userID="here"), None).online
     assert not servicer.QueryUsersOnline(pb.QueryUsersOnlineReq(appID=102, userID="here"),
                                          None).online
+    rsp = servicer.Publish(pb.PublishReq(seq="m-1", appID=101, room="lobby", cms="msg",
+                                         type="emoji", msg=":)", sender="ann", msgID="m-1",
+                                         offset=7, epoch="e1", time=1500), None)
+    assert (rsp.retCode, rsp.members) == (200, 2)
+    assert service.calls[-1] == ("publish", Message(101, "m-1", "msg", ":)", "ann", "emoji",
+                                                    room="lobby", msg_id="m-1", time=1.5,
+                                                    offset=7, epoch="e1"))
+    assert list(servicer.RoomUsers(pb.RoomUsersReq(appID=101, room="lobby"), None).userID) == [
+        "here"]
+    assert list(servicer.RoomUsers(pb.RoomUsersReq(appID=101, room="other"), None).userID) == []
 
 
 # -- delivery --------------------------------------------------------------------------------------

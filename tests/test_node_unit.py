@@ -44,6 +44,7 @@ class FakeConnection:
         self.tokens, self.tokens_time, self.strikes = 40.0, now, 0
         self.closing = False
         self.closed = False
+        self.rooms = None
         self.frames = []
         self.closes = []
         self.pings = 0
@@ -511,7 +512,7 @@ def test_login_announces_enter_to_the_room_only(node):
     assert len(pushes) == 1
     assert pushes[0]["cmd"] == "enter"
     assert pushes[0]["response"] == {"code": 200, "codeMsg": "Ok", "data": {
-        "target": "", "type": "text", "msg": "哈喽~", "from": "carol"}}
+        "target": "", "type": "text", "msg": "哈喽~", "from": "carol", "room": ""}}
     assert isinstance(pushes[0]["seq"], str) and pushes[0]["seq"]
     assert carol.decoded() == [reply("1", "login")]  # no enter for oneself
     assert other_room.frames == []

@@ -25,7 +25,7 @@ def test_service_names_match_the_protocol():
     service = pb.DESCRIPTOR.services_by_name["AccServer"]
     assert pb.DESCRIPTOR.package == "protobuf"
     assert [m.name for m in service.methods] == [
-        "QueryUsersOnline", "SendMsg", "SendMsgAll", "GetUserList"]
+        "QueryUsersOnline", "SendMsg", "SendMsgAll", "GetUserList", "Publish", "RoomUsers"]
     fields = {m: [(f.name, f.number) for f in pb.DESCRIPTOR.message_types_by_name[m].fields]
               for m in ("SendMsgReq", "SendMsgAllReq", "GetUserListRsp", "QueryUsersOnlineRsp")}
     assert fields["SendMsgReq"] == [("seq", 1), ("appID", 2), ("userID", 3), ("cms", 4),
@@ -34,3 +34,7 @@ def test_service_names_match_the_protocol():
                                        ("type", 5), ("msg", 6)]
     assert fields["GetUserListRsp"] == [("retCode", 1), ("errMsg", 2), ("userID", 3)]
     assert fields["QueryUsersOnlineRsp"] == [("retCode", 1), ("errMsg", 2), ("online", 3)]
+    publish = [(f.name, f.number) for f in pb.DESCRIPTOR.message_types_by_name["PublishReq"].fields]
+    assert publish == [("seq", 1), ("appID", 2), ("room", 3), ("cms", 4), ("type", 5), ("msg", 6),
+                       ("sender", 7), ("target", 8), ("msgID", 9), ("offset", 10), ("epoch", 11),
+                       ("time", 12)]

@@ -33,10 +33,12 @@ class RelayError(Exception):
     """A call to a peer failed. ``unreachable``: nothing answers at its address (the node
     is gone), as opposed to a slow or refusing peer, which is still alive."""
 
-    def __init__(self, peer: str, message: str, unreachable: bool = False):
+    def __init__(self, peer: str, message: str, unreachable: bool = False,
+                 unimplemented: bool = False):
         super().__init__(message)
         self.peer = peer
         self.unreachable = unreachable
+        self.unimplemented = unimplemented  # a node of the original: no such method
 
 
 def user_record(node_ip: str, rpc_port: int, app_id: int, user_id: str, client_ip: str,
@@ -145,6 +147,19 @@ class Relay(abc.ABC):
     def user_lists(self, peers: "list[str]", app_id: int) -> "tuple[list[str], list[RelayError]]":
         """Users of ``app_id`` on the peers, asked in parallel: (user IDs, failures)."""
 
+    @abc.abstractmethod
+    def publish(self, peers: "list[str]", message: Message,
+                timeout: "float | None" = None) -> "tuple[dict[str, int], list[RelayError]]":
+        """Ask every peer, in parallel, to push a room's message (named room, or a stored
+        one) to its members of ``message.room``: (peer -> members of the room there,
+        failures). A peer of the original gets an app room's message as ``broadcast``
+        would send it, and never a named room's."""
+
+    @abc.abstractmethod
+    def room_users(self, peers: "list[str]", app_id: int,
+                   room: str) -> "tuple[list[str], list[RelayError]]":
+        """Users of a named room on the peers, asked in parallel: (user IDs, failures)."""
+
     def forget(self, peer: str) -> None:
         """Drop what is kept for an unreachable peer (its channel)."""
 
@@ -170,6 +185,15 @@ class PeerService(abc.ABC):
     @abc.abstractmethod
     def local_users(self, app_id: int) -> "list[str]":
         """Users of ``app_id`` connected here."""
+
+    @abc.abstractmethod
+    def publish_here(self, message: Message) -> int:
+        """Push a room's message to its local members, in offset order; how many members
+        the room has here."""
+
+    @abc.abstractmethod
+    def local_room_users(self, app_id: int, room: str) -> "list[str]":
+        """Users of the room connected here."""
 
     @abc.abstractmethod
     def is_local(self, app_id: int, user_id: str) -> bool:
@@ -234,3 +258,6 @@ class StreamStore(abc.ABC):
     def before(self, stream: str, offset: "int | None", limit: int) -> StreamSlice:
         """The newest ``limit`` kept entries with offsets below ``offset`` (below none: the
         newest of all), oldest first: history, paged backwards."""
+
+    def prune(self) -> None:
+        """Drop expired streams; for stores that do not expire them by themselves."""

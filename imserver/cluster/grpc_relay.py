@@ -51,6 +51,9 @@ MAX_CALLS_IN_FLIGHT = 128
 SUSPECT_AFTER = 3
 PROBE_EVERY = 2.0
 NO_ANSWER = ("DEADLINE_EXCEEDED", "UNAVAILABLE")
+# A peer that answered UNIMPLEMENTED to this server's own methods is a node of the original;
+# it is asked again after this many seconds, in case it was replaced by a node of ours.
+ORIGINAL_RECHECK = 60.0
 
 
 def enable_gevent() -> None:
@@ -85,6 +88,20 @@ def send_msg_all_request(message: Message) -> pb.SendMsgAllReq:
                             cms=message.cmd, type=message.type, msg=message.text)
 
 
+def publish_request(message: Message) -> pb.PublishReq:
+    return pb.PublishReq(seq=message.seq, appID=message.app_id, room=message.room,
+                         cms=message.cmd, type=message.type, msg=message.text,
+                         sender=message.sender, target=message.target, msgID=message.msg_id,
+                         offset=message.offset, epoch=message.epoch,
+                         time=int(message.time * 1000))
+
+
+def published_message(request: pb.PublishReq) -> Message:
+    return Message(request.appID, request.seq, request.cms or "msg", request.msg,
+                   request.sender, request.type or "text", request.target, request.room,
+                   request.msgID, request.time / 1000, request.offset, request.epoch)
+
+
 def message_of(request) -> Message:
     """The message a peer's SendMsg or SendMsgAll carries (in SendMsgAll ``userID`` is the
     sender, in SendMsg the recipient and ``sender`` the sender)."""
@@ -105,6 +122,7 @@ class GrpcRelay(Relay):
         self._clock = clock
         self._misses: "dict[str, int]" = {}  # peer -> calls in a row it did not answer
         self._probe_at: "dict[str, float]" = {}  # suspect peer -> when the next probe may go
+        self._originals: "dict[str, float]" = {}  # node of the original -> until when
 
     def suspects(self) -> "list[str]":
         return sorted(p for p, n in self._misses.items() if n >= SUSPECT_AFTER)
@@ -164,7 +182,8 @@ class GrpcRelay(Relay):
             hint = (" (the peer refused this node's auth.rpcSecret: give every node the same one)"
                     if code == grpc.StatusCode.UNAUTHENTICATED else "")
             raise RelayError(peer, f"{peer} {method}: {code.name if code else exc}{hint}",
-                             unreachable=code == grpc.StatusCode.UNAVAILABLE) from None
+                             unreachable=code == grpc.StatusCode.UNAVAILABLE,
+                             unimplemented=code == grpc.StatusCode.UNIMPLEMENTED) from None
 
     def query_online(self, peer, app_id, user_id) -> bool:
         rsp = self._call(peer, "QueryUsersOnline",
@@ -215,7 +234,51 @@ class GrpcRelay(Relay):
             users.extend(rsp.userID)
         return users, failed
 
+    def _split(self, peers) -> "tuple[list[str], list[str]]":
+        """(this server's nodes, nodes of the original) as last found out."""
+        now = self._clock()
+        ours, originals = [], []
+        for peer in peers:
+            (originals if self._originals.get(peer, 0.0) > now else ours).append(peer)
+        return ours, originals
+
+    def _note_originals(self, failed) -> "tuple[list[str], list[RelayError]]":
+        """Take the UNIMPLEMENTED answers out of ``failed``: (those peers, other failures)."""
+        originals = [exc.peer for exc in failed if exc.unimplemented]
+        until = self._clock() + ORIGINAL_RECHECK
+        for peer in originals:
+            if peer not in self._originals:
+                log.info("peer %s is a node of the original: rooms and stored messages reach "
+                         "it as the original's calls", peer)
+            self._originals[peer] = until
+        return originals, [exc for exc in failed if not exc.unimplemented]
+
+    def publish(self, peers, message, timeout=None):
+        ours, originals = self._split(peers)
+        members, failed = {}, []
+        if ours:
+            answers, failed = self._fan_out(ours, "Publish", publish_request(message), timeout)
+            found, failed = self._note_originals(failed)
+            originals += found
+            failed += [RelayError(p, f"{p} Publish: retCode {rsp.retCode} {rsp.errMsg}")
+                       for p, rsp in answers.items() if rsp.retCode != Code.OK]
+            members = {p: rsp.members for p, rsp in answers.items() if rsp.retCode == Code.OK}
+        if originals and not message.room:
+            failed += self.broadcast(originals, message, timeout)
+        return members, failed
+
+    def room_users(self, peers, app_id, room):
+        ours, _ = self._split(peers)
+        answers, failed = self._fan_out(ours, "RoomUsers",
+                                        pb.RoomUsersReq(appID=app_id, room=room))
+        _, failed = self._note_originals(failed)  # an original node has no named rooms
+        users = []
+        for rsp in answers.values():
+            users.extend(rsp.userID)
+        return users, failed
+
     def forget(self, peer: str) -> None:
+        self._originals.pop(peer, None)
         self._misses.pop(peer, None)
         self._probe_at.pop(peer, None)
         stub = self._stubs.pop(peer, None)
@@ -249,6 +312,14 @@ class AccServerServicer(pb_grpc.AccServerServicer):
     def GetUserList(self, request, context):
         return pb.GetUserListRsp(retCode=Code.OK,
                                  userID=self.service.local_users(request.appID))
+
+    def Publish(self, request, context):
+        members = self.service.publish_here(published_message(request))
+        return pb.PublishRsp(retCode=Code.OK, members=members)
+
+    def RoomUsers(self, request, context):
+        return pb.RoomUsersRsp(retCode=Code.OK, userID=self.service.local_room_users(
+            request.appID, request.room))
 
 
 class SecretInterceptor(grpc.ServerInterceptor):

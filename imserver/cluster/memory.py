@@ -93,6 +93,12 @@ class NoPeersRelay(Relay):
     def user_lists(self, peers, app_id):
         return [], [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
 
+    def publish(self, peers, message, timeout=None):
+        return {}, [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
+
+    def room_users(self, peers, app_id, room):
+        return [], [RelayError(p, f"{p}: no relay in the embedded mode", True) for p in peers]
+
 
 class _Stream:
     __slots__ = ("epoch", "top", "entries", "expires")

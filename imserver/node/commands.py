@@ -1,8 +1,10 @@
 """WebSocket commands: ``cmd`` -> handler. A new command is one ``@commands.register``.
 
-A handler takes (sessions, connection, data) and returns (code, reply data): the node's
-Sessions give it the login, heartbeat, limits and auth it may need. An exception becomes a
-1004 reply and a logged traceback.
+A handler takes (sessions, connection, data) and returns (code, reply data), or (code, reply
+data, after) where ``after()`` runs right after the reply is written; it raises CommandError
+for an error reply with a ``detail``. The node's Sessions give it the login, heartbeat,
+rooms, history, limits and auth it may need. Any other exception becomes a 1004 reply and a
+logged traceback.
 """
 import logging
 import time
@@ -15,6 +17,16 @@ from ..protocol.envelope import parse_app_id
 Handler = Callable[[Any, Any, Any], Tuple[Code, Any]]
 
 log = logging.getLogger("imserver.commands")
+
+
+class CommandError(Exception):
+    """Raised by a handler: the reply carries ``code`` and ``detail``, a sentence saying
+    what to fix."""
+
+    def __init__(self, code: Code, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
 
 
 class CommandRegistry:

@@ -9,12 +9,12 @@ import gevent.pool
 
 from .. import metrics
 from ..cluster import PeerService, Relay, RelayError, StoreError, record_is_online
-from ..connection import send_to_all
 from ..hub import Hub
 from ..protocol import Message
 from ..protocol.envelope import ENTER_MESSAGE, EXIT_MESSAGE
 from ..throttle import ThrottledLog
 from .presence import Presence
+from .rooms import Rooms
 
 log = logging.getLogger("imserver.node")
 # A frozen or refusing peer fails every call that touches it: one line now and then.
@@ -22,13 +22,16 @@ relay_failure_log = ThrottledLog(log, logging.WARNING, "relay: %s", every=5.0)
 
 RELAY_CONCURRENCY = 64  # background relays (presence events) under way at once
 PRESENCE_TEXT = {"enter": ENTER_MESSAGE, "exit": EXIT_MESSAGE}
+OWNER_SEPARATOR = "\x1f"  # the unit separator, in a user's own msgID claims
 
 
 class Delivery(PeerService):
-    def __init__(self, hub: Hub, relay: Relay, presence: Presence, presence_max_room: int):
+    def __init__(self, hub: Hub, relay: Relay, presence: Presence, rooms: Rooms,
+                 presence_max_room: int):
         self.hub = hub
         self.relay = relay
         self.presence = presence
+        self.rooms = rooms
         self.presence_max_room = presence_max_room
         self._seq = itertools.count(1)
         self._relay_pool = gevent.pool.Pool(RELAY_CONCURRENCY)
@@ -40,12 +43,14 @@ class Delivery(PeerService):
 
     def deliver_to_room(self, message: Message) -> int:
         """Write the message's frame to every local member of its room but its sender."""
-        room = self.hub.rooms.get(message.app_id)
-        if not room:
-            return 0
-        delivered = send_to_all(tuple(room.values()), message.frame, message.sender)
-        metrics.DELIVERIES.inc(delivered)
-        return delivered
+        return self.rooms.deliver(message)
+
+    def publish_here(self, message: Message) -> int:
+        self.rooms.deliver(message)
+        return self.rooms.size(message.app_id, message.room)
+
+    def local_room_users(self, app_id: int, room: str) -> "list[str]":
+        return self.rooms.users(app_id, room)
 
     def deliver_to_user(self, user_id: str, message: Message) -> bool:
         conn = self.hub.user(message.app_id, user_id)
@@ -62,41 +67,80 @@ class Delivery(PeerService):
 
     # -- the whole cluster ---------------------------------------------------------------
 
-    def announce(self, app_id: int, user_id: str, cmd: str) -> None:
+    def room_size(self, app_id: int, room: str) -> int:
+        """Members of the room over the cluster: for the app's room as the room size
+        exchange says; for a named room, here and as the peers said at its last message."""
+        if not room:
+            return self.presence.room_size(app_id)
+        local = self.rooms.get(app_id, room)
+        if local is None:
+            return 0
+        return self.rooms.size(app_id, room) + sum(local.peer_members.values())
+
+    def announce(self, app_id: int, user_id: str, cmd: str, room: str = "",
+                 skip=None) -> None:
         """A presence event (``enter``, ``exit``), while the room is small enough for
-        N-squared deliveries."""
+        N-squared deliveries; ``skip``: the connection it is about."""
         limit = self.presence_max_room
-        if limit and self.presence.room_size(app_id) <= limit:
-            message = Message(app_id, self.next_seq(), cmd, PRESENCE_TEXT[cmd], user_id)
+        if limit and self.room_size(app_id, room) <= limit:
+            message = Message(app_id, self.next_seq(), cmd, PRESENCE_TEXT[cmd], user_id,
+                              room=room)
             try:
-                self.push_to_room(message, wait=False)
+                self.push_to_room(message, wait=False, skip=skip)
             except StoreError as exc:
                 log.debug("%s of %s_%s not relayed, peers unknown: %s", cmd, app_id, user_id, exc)
 
-    def push_to_room(self, message: Message, wait: bool = True) -> "list[str]":
-        """Deliver to the room here, then on every peer (in the background when not
-        ``wait``: presence events must not hold up the login that caused them). Returns
-        the peers the message did not reach (when waiting). Raises StoreError, after the
-        local delivery, when the peers cannot be known."""
+    def push_to_room(self, message: Message, wait: bool = True, skip=None) -> "list[str]":
+        """Deliver to the room here (but ``skip``, the sending connection), then on every
+        peer (in the background when not ``wait``: presence events must not hold up the
+        login that caused them). Returns the peers the message did not reach (when
+        waiting). Raises StoreError, after the local delivery, when the peers cannot be
+        known."""
         metrics.MESSAGES_OUT.labels(message.cmd).inc()
-        self.deliver_to_room(message)
+        self.rooms.deliver(message, skip)
         peers = self.presence.peers()
         if peers:
             if wait:
-                return self._relay_broadcast(peers, message)
+                return self._relay_to_room(peers, message)
             elif self._relay_pool.full():
                 # Peers are behind (a login burst on a saturated machine): presence events
                 # are best effort; holding up logins or piling more on the peers is worse.
                 metrics.RELAYS_SKIPPED.inc()
             else:
-                self._relay_pool.spawn(self._relay_broadcast, peers, message)
+                self._relay_pool.spawn(self._relay_to_room, peers, message)
         return []
 
-    def _relay_broadcast(self, peers, message: Message) -> "list[str]":
-        failures = self.relay.broadcast(peers, message)
+    def _relay_to_room(self, peers, message: Message) -> "list[str]":
+        """A named room's message, or a stored one, goes in a Publish (which original
+        nodes get only for the app's room, as SendMsgAll); the app room's unstored ones
+        as the original's SendMsgAll."""
+        if message.room or message.offset:
+            members, failures = self.relay.publish(peers, message)
+            local = self.rooms.get(message.app_id, message.room) if message.room else None
+            if local is not None:
+                local.peer_members.update(members)
+                for exc in failures:
+                    local.peer_members.pop(exc.peer, None)
+        else:
+            failures = self.relay.broadcast(peers, message)
         if failures:
             self.relay_failed(failures)
         return [exc.peer for exc in failures]
+
+    def room_users(self, app_id: int, room: str) -> "tuple[list[str], list[str]]":
+        """Users of a room on every live node, each once, and the nodes that did not
+        answer. Raises StoreError when the live nodes cannot be known."""
+        if not room:
+            return self.user_list(app_id)
+        users = self.rooms.users(app_id, room)
+        peers = self.presence.peers(fresh=True)
+        failures = []
+        if peers:
+            remote, failures = self.relay.room_users(peers, app_id, room)
+            seen = set(users)
+            users.extend(u for u in remote if not (u in seen or seen.add(u)))
+            self.relay_failed(failures)
+        return users, [exc.peer for exc in failures]
 
     def push_to_user(self, user_id: str, message: Message) -> "tuple[bool, str]":
         """Deliver to one user wherever they are: (delivered, reason when not).
@@ -181,6 +225,13 @@ class Delivery(PeerService):
             return False
 
     # -- idempotency ---------------------------------------------------------------------
+
+    @staticmethod
+    def user_claim_id(app_id: int, user_id: str, msg_id: str) -> str:
+        """The id a user's own msgID is claimed as: within that user's ids
+        (``<sep>appID<sep>userID<sep>msgID``), so that nobody can claim, and so suppress,
+        another sender's msgID. Neither a userID nor a msgID may hold the separator."""
+        return OWNER_SEPARATOR.join(("", str(app_id), user_id, msg_id)) if msg_id else ""
 
     def claim_msg_id(self, msg_id: str) -> bool:
         """True when ``msg_id`` is new (or empty: no deduplication); may raise StoreError."""

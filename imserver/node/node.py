@@ -9,15 +9,17 @@ import gevent
 
 from .. import __version__, metrics
 from ..auth import Auth
-from ..cluster import PresenceStore, Relay, StoreError
+from ..cluster import MemoryStreamStore, PresenceStore, Relay, StoreError, StreamStore
 from ..config import is_cluster
 from ..connection import CLOSE_TIMEOUT
 from ..hub import Hub
 from ..protocol import Disconnect
 from .commands import CommandRegistry, commands as default_commands
 from .delivery import Delivery
+from .history import History
 from .periodic import every
 from .presence import ROOM_SIZE_INTERVAL, Presence
+from .rooms import Rooms
 from .sessions import Sessions
 
 log = logging.getLogger("imserver.node")
@@ -29,7 +31,9 @@ LEAVE_TIMEOUT = 5.0  # seconds a stop waits for the store to take the node out o
 class Node:
     def __init__(self, cfg: dict, store: PresenceStore, relay: Relay, auth: Auth,
                  advertise_ip: str, rpc_port: Optional[int] = None,
-                 command_registry: CommandRegistry = default_commands):
+                 command_registry: CommandRegistry = default_commands,
+                 streams: "StreamStore | None" = None):
+        """``streams``: where rooms keep their history (in this process when None)."""
         self.cfg = cfg
         self.store = store
         self.relay = relay
@@ -40,9 +44,14 @@ class Node:
         self.max_connections = cfg["app.maxConnections"]
         self.presence = Presence(store, self.hub, advertise_ip, rpc_port, self.app_ids,
                                  cfg["app.reportInterval"])
-        self.delivery = Delivery(self.hub, relay, self.presence, cfg["app.presenceMaxRoom"])
+        self.streams = streams if streams is not None else MemoryStreamStore()
+        self.history = History(self.streams, cfg["app.historySize"], cfg["app.historyTTL"],
+                               cfg["app.recoveryMax"])
+        self.rooms = Rooms(self.hub, self.history, cfg["app.maxRoomsPerConnection"])
+        self.delivery = Delivery(self.hub, relay, self.presence, self.rooms,
+                                 cfg["app.presenceMaxRoom"])
         self.sessions = Sessions(cfg, self.hub, self.presence, self.delivery, auth,
-                                 command_registry)
+                                 command_registry, self.history)
         self.addr = self.presence.addr
         self.started_at = time.time()
         self._background = []
@@ -66,6 +75,7 @@ class Node:
         def sweep():
             sessions.sweep(time.time())
             presence.prune()
+            self.streams.prune()
 
         self._background = [
             every(self.cfg["app.sweepInterval"], sweep, "sweep"),

@@ -12,8 +12,9 @@ from ..hub import Hub
 from ..protocol import Code, Disconnect, ProtocolError, encode_reply, parse_request
 from ..protocol.envelope import has_control_chars, is_encodable
 from ..protocol.frames import OP_TEXT, FrameError, text_frame
-from .commands import CommandRegistry
+from .commands import CommandError, CommandRegistry
 from .delivery import Delivery
+from .history import History
 from .presence import Presence
 
 log = logging.getLogger("imserver.node")
@@ -21,10 +22,13 @@ log = logging.getLogger("imserver.node")
 
 class Sessions:
     def __init__(self, cfg: dict, hub: Hub, presence: Presence, delivery: Delivery,
-                 auth: Auth, commands: CommandRegistry):
+                 auth: Auth, commands: CommandRegistry, history: History):
         self.hub = hub
         self.presence = presence
         self.delivery = delivery
+        self.rooms = delivery.rooms
+        self.history = history
+        self.max_message_length = cfg["app.maxMessageLength"]
         self.auth = auth
         self.commands = commands
         self.app_ids = frozenset(cfg["app.appIDs"])
@@ -134,13 +138,23 @@ class Sessions:
             reply = encode_reply(request.seq, request.cmd, Code.ROUTING_NOT_EXIST)
         else:
             started = time.perf_counter()
+            after = None
             try:
-                code, data = handler(self, conn, request.data)
+                code, data, *then = handler(self, conn, request.data)
                 reply = encode_reply(request.seq, request.cmd, code, data)
+                after = then[0] if then else None
+            except CommandError as exc:
+                reply = encode_reply(request.seq, request.cmd, exc.code, None, exc.detail)
             except Exception:
                 log.exception("%r: command %r failed", conn, request.cmd)
                 reply = encode_reply(request.seq, request.cmd, Code.SERVER_ERROR)
             metrics.COMMAND_SECONDS.labels(label).observe(time.perf_counter() - started)
+            if after is not None:
+                # What must follow the reply on the wire (a join's held messages) is sent
+                # right after it, with nothing in between.
+                conn.send(text_frame(reply))
+                after()
+                return
         conn.send(text_frame(reply))
 
     # -- its user ------------------------------------------------------------------------
@@ -168,6 +182,10 @@ class Sessions:
         self.presence.heartbeat(conn, now)
 
     def disconnected(self, conn: Connection) -> None:
+        left = self.rooms.drop_connection(conn)
+        if conn.user_id:
+            for room in left:
+                self.delivery.announce(conn.app_id, conn.user_id, "exit", room)
         if not self.hub.remove(conn):
             return
         self.presence.logout(conn, time.time())

@@ -105,18 +105,44 @@ def fold_keys(data: dict) -> dict:
     return {k.lower() if isinstance(k, str) else k: v for k, v in data.items()}
 
 
-def encode_reply(seq: str, cmd: str, code: Code, data: Any = None) -> bytes:
-    return _dumps({"seq": seq, "cmd": cmd, "response": {
-        "code": int(code), "codeMsg": code.message, "data": data}}).encode()
+def encode_reply(seq: str, cmd: str, code: Code, data: Any = None, detail: str = "") -> bytes:
+    """A reply; ``detail``, a sentence saying what to fix, follows ``data`` in an error reply
+    of the commands that give one."""
+    response = {"code": int(code), "codeMsg": code.message, "data": data}
+    if detail:
+        response["detail"] = detail
+    return _dumps({"seq": seq, "cmd": cmd, "response": response}).encode()
 
 
 def encode_push(seq: str, cmd: str, msg: str, sender: str, msg_type: str = "text",
-                target: str = "") -> bytes:
+                target: str = "", extra: "dict | None" = None) -> bytes:
     """A server-initiated frame (``msg``, ``enter``, ``exit``); encoded once per message
-    however many connections receive it."""
+    however many connections receive it. ``extra`` keys (``room``, ``offset`` ...) follow
+    the original's four."""
+    data = {"target": target, "type": msg_type, "msg": msg, "from": sender}
+    if extra:
+        data.update(extra)
     return _dumps({"seq": seq, "cmd": cmd, "response": {
-        "code": 200, "codeMsg": "Ok",
-        "data": {"target": target, "type": msg_type, "msg": msg, "from": sender}}}).encode()
+        "code": 200, "codeMsg": "Ok", "data": data}}).encode()
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON text, as the frames are written (non-ASCII kept as is)."""
+    return _dumps(value)
+
+
+MAX_ROOM_LENGTH = 64
+
+
+def room_error(room) -> str:
+    """Why ``room`` is not a room name ("" when it is one: "" itself is the app's room)."""
+    if not isinstance(room, str):
+        return "room must be a string"
+    if len(room) > MAX_ROOM_LENGTH:
+        return f"room must be at most {MAX_ROOM_LENGTH} characters"
+    if has_control_chars(room) or not is_encodable(room):
+        return "room must not hold control characters or lone UTF-16 surrogates"
+    return ""
 
 
 ENTER_MESSAGE = "哈喽~"

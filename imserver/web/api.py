@@ -5,8 +5,9 @@ from flask import Blueprint, Response, g, request
 
 from ..cluster import RelayError, StoreError
 from ..protocol import Code, Message
-from ..protocol.envelope import has_control_chars, is_encodable, parse_app_id
+from ..protocol.envelope import parse_app_id
 from .extension import get_node
+from .params import app_id_param, send_fields, user_id_param, text_param
 from .responses import ApiError, add_cors, json_answer, params
 
 bp = Blueprint("api", __name__, url_prefix="/user")
@@ -16,8 +17,8 @@ bp.after_request(add_cors)
 # Routes that need the API key (auth.apiKey) when one is set; the lists only with
 # auth.protectLists. The chat page has no key: a login token of its user stands in for it
 # (Authorization: Bearer) where the page needs one.
-PUSH_ROUTES = {"api.send_message", "api.send_message_all"}
-LIST_ROUTES = {"api.user_list", "api.online"}
+PUSH_ROUTES = {"api.send_message", "api.send_message_all", "rooms.publish", "rooms.history"}
+LIST_ROUTES = {"api.user_list", "api.online", "rooms.users"}
 BEARER_ROUTES = {"api.send_message_all", "api.user_list"}
 
 
@@ -78,48 +79,10 @@ def relay_error(exc: RelayError):
     return json_answer(Code.NODE_UNREACHABLE, {"sendResults": False}, f"the user's node is unreachable: {exc}")
 
 
-def _app_id(p: dict, required: bool = True):
-    raw = p.get("appid")
-    if raw in (None, ""):
-        if required:
-            raise ApiError(Code.PARAMETER_ILLEGAL, "appID is required")
-        return None
-    node = get_node()
-    app_id = parse_app_id(raw)
-    if app_id is None:
-        raise ApiError(Code.PARAMETER_ILLEGAL, f"appID must be a whole number, got {raw!r}")
-    if app_id not in node.app_ids:
-        raise ApiError(Code.UNAUTHORIZED, "appID must be one of "
-                           + ", ".join(map(str, sorted(node.app_ids))))
-    return app_id
-
-
-def _text(p: dict, name: str, label: str, required: bool = True) -> str:
-    value = p.get(name.lower())
-    if value is None or value == "":
-        if required:
-            raise ApiError(Code.PARAMETER_ILLEGAL, f"{label} is required")
-        return ""
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise ApiError(Code.PARAMETER_ILLEGAL, f"{label} must be a string")
-    if not is_encodable(value):
-        raise ApiError(Code.PARAMETER_ILLEGAL, f"{label} holds a lone UTF-16 surrogate")
-    return str(value)
-
-
-def _user_id(p: dict, name="userID") -> str:
-    user_id = _text(p, name, name)
-    sessions = get_node().sessions
-    if not sessions.valid_user_id(user_id):
-        raise ApiError(Code.UNAUTHORIZED_USER_ID, f"{name} must be 1 to {sessions.max_user_id} "
-                       "characters, without control characters")
-    return user_id
-
-
 @bp.route("/list", methods=["GET", "POST", "OPTIONS"])
 def user_list():
     p = params()
-    users, unreachable = get_node().delivery.user_list(_app_id(p))
+    users, unreachable = get_node().delivery.user_list(app_id_param(p))
     data = {"userCount": len(users), "userList": users}
     if unreachable:
         data["unreachableNodes"] = unreachable
@@ -129,51 +92,32 @@ def user_list():
 @bp.route("/online", methods=["GET", "POST", "OPTIONS"])
 def online():
     p = params()
-    user_id = _user_id(p)
-    app_id = _app_id(p, required=False)
+    user_id = user_id_param(p)
+    app_id = app_id_param(p, required=False)
     node = get_node()
     app_ids = [app_id] if app_id is not None else sorted(node.app_ids)
     is_online = any(node.delivery.is_online(a, user_id) for a in app_ids)
     return json_answer(data={"online": is_online, "userID": user_id})
 
 
-def _send_fields(p: dict):
-    msg_id = _text(p, "msgID", "msgID", required=False)
-    message = _text(p, "message", "message")
-    limit = get_node().cfg["app.maxMessageLength"]
-    if len(message) > limit:
-        raise ApiError(Code.PARAMETER_ILLEGAL,
-                       f"message is {len(message)} characters, more than app.maxMessageLength ({limit})")
-    if len(msg_id) > 256:
-        raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must be at most 256 characters")
-    if has_control_chars(msg_id):
-        raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must not hold control characters")
-    return msg_id, message
-
-
-def _message(delivery, app_id: int, msg_id: str, text: str, sender: str) -> Message:
+def new_message(delivery, app_id: int, msg_id: str, text: str, sender: str,
+                msg_type: str = "text", room: str = "") -> Message:
     """A pushed ``msg``: its seq is the msgID, or a fresh one when none was given."""
-    return Message(app_id, msg_id or delivery.next_seq(), "msg", text, sender,
-                   msg_id=msg_id, time=time.time())
-
-
-# Separates the parts of a user's own msgID claim. Neither a userID nor a msgID may hold it,
-# so a user's claims can never equal the back end's or another user's.
-OWNER_SEPARATOR = "\x1f"
+    return Message(app_id, msg_id or delivery.next_seq(), "msg", text, sender, msg_type,
+                   room=room, msg_id=msg_id, time=time.time())
 
 
 def _claim_id(msg_id: str) -> str:
     """The id this send claims: a msgID of the back end (the API key, or anyone when the
     API is open) as it is, in the key the original nodes use too; a msgID of a user who
-    sends with a login token within that user's own ids (``<sep>appID<sep>userID<sep>msgID``),
-    so that nobody can claim, and so suppress, another sender's msgID."""
+    sends with a login token within that user's own ids."""
     owner = g.get("msg_id_owner")
     if not msg_id or owner is None:
         return msg_id
-    return OWNER_SEPARATOR.join(("", str(owner[0]), owner[1], msg_id))
+    return get_node().delivery.user_claim_id(owner[0], owner[1], msg_id)
 
 
-def _claim(delivery, claim_id: str) -> "tuple[bool, str]":
+def claim(delivery, claim_id: str) -> "tuple[bool, str]":
     """(msgID is new, store error text). Without the store, a send is delivered anyway
     (at least once rather than lost): users of this node keep chatting through an outage."""
     try:
@@ -182,7 +126,7 @@ def _claim(delivery, claim_id: str) -> "tuple[bool, str]":
         return True, f"cluster store unavailable ({exc}); msgID not deduplicated"
 
 
-def _refuse_while_stopping() -> None:
+def refuse_while_stopping() -> None:
     """A stopping node takes no more pushes: its clients are leaving, and a caller told so
     (HTTP 503, code 1102) sends again to another node (nginx does it on its own)."""
     if get_node().stopping:
@@ -193,17 +137,17 @@ def _refuse_while_stopping() -> None:
 @bp.route("/sendMessage", methods=["POST", "OPTIONS"])
 def send_message():
     p = params()
-    app_id = _app_id(p)
-    user_id = _user_id(p)
-    msg_id, text = _send_fields(p)
-    sender = _text(p, "from", "from", required=False)
-    _refuse_while_stopping()
+    app_id = app_id_param(p)
+    user_id = user_id_param(p)
+    msg_id, text = send_fields(p)
+    sender = text_param(p, "from", "from", required=False)
+    refuse_while_stopping()
     delivery = get_node().delivery
     claim_id = _claim_id(msg_id)
-    fresh, store_error = _claim(delivery, claim_id)
+    fresh, store_error = claim(delivery, claim_id)
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
-    message = _message(delivery, app_id, msg_id, text, sender)
+    message = new_message(delivery, app_id, msg_id, text, sender)
     try:
         delivered, reason = delivery.push_to_user(user_id, message)
     except (StoreError, RelayError):
@@ -221,17 +165,28 @@ def send_message():
 @bp.route("/sendMessageAll", methods=["POST", "OPTIONS"])
 def send_message_all():
     p = params()
-    app_id = _app_id(p)
-    sender = _user_id(p)
-    msg_id, text = _send_fields(p)
-    _refuse_while_stopping()
-    delivery = get_node().delivery
-    fresh, store_error = _claim(delivery, _claim_id(msg_id))
+    app_id = app_id_param(p)
+    sender = user_id_param(p)
+    msg_id, text = send_fields(p)
+    refuse_while_stopping()
+    node = get_node()
+    delivery = node.delivery
+    claim_id = _claim_id(msg_id)
+    fresh, store_error = claim(delivery, claim_id)
     if not fresh:
         return json_answer(data={"sendResults": False, "duplicate": True})
-    data = {"sendResults": True}
+    message = new_message(delivery, app_id, msg_id, text, sender)
     try:
-        missed = delivery.push_to_room(_message(delivery, app_id, msg_id, text, sender))
+        # With history on, a message is accepted once stored: a store that fails is a 1004.
+        message = node.history.append(message)
+    except StoreError:
+        delivery.release_msg_id(claim_id)
+        raise
+    data = {"sendResults": True}
+    if message.offset:
+        data.update(offset=message.offset, epoch=message.epoch)
+    try:
+        missed = delivery.push_to_room(message)
     except StoreError as exc:
         missed = []
         store_error = store_error or f"cluster store unavailable ({exc})"

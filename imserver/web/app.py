@@ -27,8 +27,8 @@ def create_app(overrides: Optional[Mapping[str, Any]] = None, config_path: Optio
     bodies.init_app(app, cfg["app.maxBodyBytes"])
     extension.init_app(app, runtime.start_node(cfg, start=start))
 
-    from . import acc, api, home, metrics, system
-    for blueprint in (acc.bp, api.bp, system.bp, home.bp, metrics.bp):
+    from . import acc, api, home, metrics, rooms, system
+    for blueprint in (acc.bp, api.bp, rooms.bp, system.bp, home.bp, metrics.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(ApiError)

@@ -54,6 +54,16 @@ class AccServerStub:
                 request_serializer=accserver__pb2.GetUserListReq.SerializeToString,
                 response_deserializer=accserver__pb2.GetUserListRsp.FromString,
                 _registered_method=True)
+        self.Publish = channel.unary_unary(
+                '/protobuf.AccServer/Publish',
+                request_serializer=accserver__pb2.PublishReq.SerializeToString,
+                response_deserializer=accserver__pb2.PublishRsp.FromString,
+                _registered_method=True)
+        self.RoomUsers = channel.unary_unary(
+                '/protobuf.AccServer/RoomUsers',
+                request_serializer=accserver__pb2.RoomUsersReq.SerializeToString,
+                response_deserializer=accserver__pb2.RoomUsersRsp.FromString,
+                _registered_method=True)
 
 
 class AccServerServicer:
@@ -87,6 +97,21 @@ class AccServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Publish(self, request, context):
+        """This server's additions; a node of the original answers UNIMPLEMENTED.
+        Push a stored message of a room to its members on this node but the sender's connection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RoomUsers(self, request, context):
+        """The users of a room connected to this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +134,16 @@ def add_AccServerServicer_to_server(servicer, server):
                     servicer.GetUserList,
                     request_deserializer=accserver__pb2.GetUserListReq.FromString,
                     response_serializer=accserver__pb2.GetUserListRsp.SerializeToString,
+            ),
+            'Publish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=accserver__pb2.PublishReq.FromString,
+                    response_serializer=accserver__pb2.PublishRsp.SerializeToString,
+            ),
+            'RoomUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RoomUsers,
+                    request_deserializer=accserver__pb2.RoomUsersReq.FromString,
+                    response_serializer=accserver__pb2.RoomUsersRsp.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +254,60 @@ class AccServer:
             '/protobuf.AccServer/GetUserList',
             accserver__pb2.GetUserListReq.SerializeToString,
             accserver__pb2.GetUserListRsp.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Publish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/protobuf.AccServer/Publish',
+            accserver__pb2.PublishReq.SerializeToString,
+            accserver__pb2.PublishRsp.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RoomUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/protobuf.AccServer/RoomUsers',
+            accserver__pb2.RoomUsersReq.SerializeToString,
+            accserver__pb2.RoomUsersRsp.FromString,
             options,
             channel_credentials,
             insecure,
