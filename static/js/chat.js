@@ -1023,7 +1023,11 @@ function startClient() {
     heartbeatInterval: cfg.heartbeatInterval
   });
   client.on('state', connectionState);
-  client.on('message', function (event) { showMessage(event.room, event.message); });
+  client.on('message', function (event) {
+    // A named room the page has left may still have a message on its way: not shown.
+    if (event.room && !rooms.has(event.room) && !event.private) return;
+    showMessage(event.room, event.message);
+  });
   client.on('presence', presence);
   client.on('recovered', recovered);
   client.on('recoveryfailed', recoveryFailed);
