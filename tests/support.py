@@ -94,9 +94,23 @@ class Push(dict):
 
 
 def push(seq, cmd, msg, sender, msg_type="text", target="", room="") -> dict:
-    """A server push (``msg``, ``enter``, ``exit``) as PROTOCOL.md specifies it."""
-    return Push({"seq": seq, "cmd": cmd, "response": {"code": 200, "codeMsg": "Ok", "data": {
-        "target": target, "type": msg_type, "msg": msg, "from": sender, "room": room}}})
+    """A server push (``msg``, ``enter``, ``exit``) as PROTOCOL.md specifies it; with
+    ``room=None`` as the original pushes it, without a room."""
+    data = {"target": target, "type": msg_type, "msg": msg, "from": sender}
+    if room is not None:
+        data["room"] = room
+    return Push({"seq": seq, "cmd": cmd, "response": {"code": 200, "codeMsg": "Ok",
+                                                      "data": data}})
+
+
+def without_place(data: dict) -> dict:
+    """An answer of a send to a room without the stored message's place, which must be
+    there: a positive ``offset`` and an ``epoch``."""
+    data = dict(data)
+    offset, epoch = data.pop("offset", None), data.pop("epoch", None)
+    assert isinstance(offset, int) and offset > 0, f"no offset in {data}"
+    assert isinstance(epoch, str) and epoch, f"no epoch in {data}"
+    return data
 
 
 def compact(obj) -> str:

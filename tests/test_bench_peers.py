@@ -97,14 +97,14 @@ def test_naive_commands_and_broadcast(naive):
                             message="hello room")
         assert answer == {"code": 200, "msg": "Success", "data": {"sendResults": True}}
         got = recv_json(b, lambda f: f["cmd"] == "msg")
-        assert got == push(msg_id, "msg", "hello room", alice)
+        assert got == push(msg_id, "msg", "hello room", alice, room=None)
         assert nothing_more(a, lambda f: f["cmd"] == "msg")  # the sender is left out
 
         msg_id = unique_id("m")
         answer = naive.post("/user/sendMessage", appID=101, userID=alice, msgID=msg_id,
                             message="hi alice", **{"from": bob})
         assert answer["data"] == {"sendResults": True}
-        assert recv_json(a, lambda f: f["cmd"] == "msg") == push(msg_id, "msg", "hi alice", bob)
+        assert recv_json(a, lambda f: f["cmd"] == "msg") == push(msg_id, "msg", "hi alice", bob, room=None)
         answer = naive.post("/user/sendMessage", appID=101, userID=unique_id("nobody"),
                             msgID=unique_id("m"), message="x")
         assert answer["data"]["sendResults"] is False
@@ -189,7 +189,7 @@ def test_socketio_login_broadcast_and_unicast(sio):
         answer = sio.post("/user/sendMessageAll", appID=101, userID=alice, msgID=msg_id,
                           message="hello room")
         assert answer == {"code": 200, "msg": "Success", "data": {"sendResults": True}}
-        assert b.event("msg") == push(msg_id, "msg", "hello room", alice)
+        assert b.event("msg") == push(msg_id, "msg", "hello room", alice, room=None)
         with pytest.raises(websocket.WebSocketTimeoutException):
             a.event("msg", timeout=0.3)  # the sender is left out
 

@@ -224,3 +224,47 @@ def test_the_http_pool_survives_the_servers_keep_alive_timeout(node):
     status, body = pool.post("/user/sendMessageAll", appID=101, userID="pool-test",
                              msgID=f"pool-{time.time()}", message="after idle")
     assert (status, body["code"]) == (200, 200), body
+
+
+def test_recovery_scenario_loses_and_repeats_nothing(tmp_path):
+    """``recovery`` at small scale with its own Redis and two real nodes: node A is drained
+    while the room gets messages through node B; every client comes back on B with
+    ``since`` and ends with every message exactly once."""
+    import shutil
+
+    import pytest
+
+    from imserver.bench.harness import alive, redis_server_path
+
+    if redis_server_path() is None and shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    out = tmp_path / "recovery"
+    clients, messages, stats = 20, 10, 20
+    t0 = time.monotonic()
+    proc = bench("recovery", "-n", str(clients), "--messages", str(messages),
+                 "--publish-rate", "20", "--b-members", "3", "--stats-messages", str(stats),
+                 "--stats-idle", "1", "--drain-window", "1", "--spread", "0.5", "--wait", "10",
+                 "--quiet", "--max-seconds", "60", "--out", str(out), timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 30
+    assert "| lost / duplicated / out of order | 0 / 0 / 0 |" in proc.stdout, proc.stdout
+    r = json.loads((out / "results.json").read_text())
+    assert r["verdict"] == {"ok": True, "problems": []}, r["verdict"]
+    c, m = r["clients"], r["messages"]
+    assert c["close_codes"] == {"1001": clients} and c["recovered"] == clients, c
+    assert c["not_recovered"] == 0 and c["never_back"] == 0
+    assert r["published"]["accepted_during_drain"] == messages
+    # every client of A and B expects the warm-up, the stats publications and the drain's
+    assert m["expected_deliveries"] == (clients + 3) * (1 + stats + messages), m
+    assert m["delivered"] == m["expected_deliveries"]
+    assert m["lost"] == m["duplicated"] == m["unexpected"] == m["out_of_order"] == 0, m
+    times = r["times_ms"]
+    assert 0 < times["drain_to_recovered"]["p50"] <= times["drain_to_last_recovered"]
+    # one append script and one msgID claim per message, whatever the room's size
+    for key in ("room_publish", "send_message_all"):
+        per = r["redis_commands"][key]["per_message"]
+        for name in ("evalsha", "xadd", "set"):
+            assert abs(per[name]["net_per_msg"] - 1.0) < 0.05, per
+    # everything it started is gone
+    pids = r["meta"]["pids"]
+    assert not any(alive(p) for p in [pids["redis"], *pids["a"], *pids["b"]])

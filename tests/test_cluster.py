@@ -13,7 +13,7 @@ import pytest
 import websocket
 
 from cluster_support import RedisProcess
-from support import ROOT, NodeProcess, grpc_api, unique_id, wait_until
+from support import ROOT, NodeProcess, grpc_api, push, unique_id, wait_until
 
 SERVERS_KEY = "acc:hash:servers"
 RECORD_FIELDS = {"accIp", "accPort", "appID", "userID", "clientIp", "clientPort", "loginTime",
@@ -218,8 +218,7 @@ def test_send_message_reaches_a_user_on_another_node(cl):
         assert answer == {"code": 200, "msg": "Success", "data": {"sendResults": True}}
         frame = wait_push(client, "msg", "backend")
         assert frame["seq"] == msg_id
-        assert frame["response"] == {"code": 200, "codeMsg": "Ok", "data": {
-            "target": "", "type": "text", "msg": "just for you", "from": "backend"}}
+        assert frame == push(msg_id, "msg", "just for you", "backend")
 
 
 def test_a_repeated_msg_id_is_delivered_once_in_the_cluster(cl):

@@ -85,12 +85,12 @@ def test_redis_outage_keeps_local_chat_and_fails_fast_then_recovers(
 
     redis_server.stop()
 
-    # users of the same node keep chatting
+    # a message to the room cannot be stored: 1004 at once, and nobody gets it (it was not
+    # accepted); the connections stay
     answer = timed(a_node.post, "/user/sendMessageAll", appID=app, userID=user_a1,
-                   msgID=unique_id("m"), message="still here")
-    assert answer["code"] == 200 and answer["data"]["sendResults"] is True, answer
-    assert "store" in answer["data"]["sendResultsErr"], answer
-    assert wait_push(a2, "msg", user_a1)["response"]["data"]["msg"] == "still here"
+                   msgID=unique_id("m"), message="not stored")
+    assert answer["code"] == 1004 and "store" in answer["detail"], answer
+    assert [f for f in a2.flush() if f["cmd"] == "msg"] == []
     assert a1.request("heartbeat", {})["response"]["code"] == 200
     assert a1.request("ping", {})["response"]["data"] == "pong"
 
@@ -125,6 +125,23 @@ def test_redis_outage_keeps_local_chat_and_fails_fast_then_recovers(
     assert a_node.get("/user/online", appID=app, userID=user_b1)["data"]["online"] is True
     assert newcomer.login(user_new, app)["response"]["code"] == 200
     wait_push(b1, "enter", user_new)
+
+
+def test_with_history_off_a_redis_outage_keeps_local_chat(start_cluster_node, redis_server,
+                                                          connect):
+    """Nothing to store: users of one node keep chatting while Redis is away, and the
+    answer says the message stayed on this node."""
+    app = 103
+    a_node = start_cluster_node({"app": {"historySize": 0}}, name="a")
+    a1, user_a1 = login(connect, a_node, app, "a1")
+    a2, _ = login(connect, a_node, app, "a2")
+    redis_server.stop()
+    answer = timed(a_node.post, "/user/sendMessageAll", appID=app, userID=user_a1,
+                   msgID=unique_id("m"), message="still here")
+    assert answer["code"] == 200 and answer["data"]["sendResults"] is True, answer
+    assert "store" in answer["data"]["sendResultsErr"], answer
+    assert "offset" not in answer["data"]
+    assert wait_push(a2, "msg", user_a1)["response"]["data"]["msg"] == "still here"
 
 
 # -- a peer dies ------------------------------------------------------------------------------

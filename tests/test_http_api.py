@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from support import Clients, compact, push, reply, unique_id
+from support import Clients, compact, push, reply, unique_id, without_place
 
 JSON_TYPE = "application/json; charset=utf-8"
 VIAS = ("query", "form", "json")
@@ -134,9 +134,11 @@ def test_send_message_delivers_to_the_user(node, connect, via, keys):
     assert body.decode() == '{"code":200,"msg":"Success","data":{"sendResults":true}}'
     opcode, raw = client.recv_raw()
     assert opcode == 0x1
-    assert raw.decode() == compact(push(msg_id, "msg", "你好 hello 👋", "alice"))
+    assert json.loads(raw) == push(msg_id, "msg", "你好 hello 👋", "alice")
+    sent_at = json.loads(raw)["response"]["data"]["time"]
     assert raw.decode() == (f'{{"seq":"{msg_id}","cmd":"msg","response":{{"code":200,"codeMsg":"Ok",'
-                            '"data":{"target":"","type":"text","msg":"你好 hello 👋","from":"alice"}}}')
+                            '"data":{"target":"","type":"text","msg":"你好 hello 👋","from":"alice",'
+                            f'"room":"","msgID":"{msg_id}","time":{sent_at}}}}}}}')
 
 
 def test_send_message_without_from_has_empty_from(node, connect):
@@ -230,11 +232,19 @@ def test_send_message_all_reaches_the_room_but_the_sender(node, connect, via, ke
     app_key, user_key, msg_key = keys
     answer = api(node, "POST", "/user/sendMessageAll",
                  {app_key: 102, user_key: sender, msg_key: msg_id, "message": "to all 大家"}, via)
-    assert ok(answer) == {"sendResults": True}
+    stored = ok(answer)
+    assert without_place(stored) == {"sendResults": True}
     expected = push(msg_id, "msg", "to all 大家", sender)
     for member in (b, c):
         frame = member.push("msg")
-        assert compact(frame) == compact(expected)
+        assert frame == expected
+        data = frame["response"]["data"]
+        assert (data["offset"], data["epoch"], data["msgID"]) == (
+            stored["offset"], stored["epoch"], msg_id)
+        # the exact text, key order included
+        assert compact(frame) == compact(push(msg_id, "msg", "to all 大家", sender)).replace(
+            ',"room":""}', f',"room":"","msgID":"{msg_id}","time":{data["time"]},'
+            f'"offset":{stored["offset"]},"epoch":"{stored["epoch"]}"}}')
     for outsider in (s, elsewhere, sender_elsewhere):
         assert [f for f in outsider.flush() if f["seq"] == msg_id] == []
 
@@ -250,8 +260,8 @@ def test_send_message_all_from_a_sender_who_is_not_online(node, connect):
 def test_send_message_all_msg_id_is_idempotent(node, connect):
     member = login(connect, node, unique_id("m"), 104)
     msg_id = unique_id("all-once")
-    assert ok(node.post("/user/sendMessageAll", appID=104, userID="sys", msgID=msg_id,
-                        message="one")) == {"sendResults": True}
+    assert without_place(ok(node.post("/user/sendMessageAll", appID=104, userID="sys",
+                                      msgID=msg_id, message="one"))) == {"sendResults": True}
     assert member.push("msg")["seq"] == msg_id
     assert ok(node.post("/user/sendMessageAll", appID=104, userID="sys", msgID=msg_id,
                         message="one")) == {"sendResults": False, "duplicate": True}
@@ -263,8 +273,8 @@ def test_send_message_all_empty_msg_id_is_never_deduplicated(node, connect):
     member = login(connect, node, member_user, 104)
     sender = unique_id("sys")
     for text in ("one", "two"):
-        assert ok(node.post("/user/sendMessageAll", appID=104, userID=sender, message=text)) == {
-            "sendResults": True}
+        assert without_place(ok(node.post("/user/sendMessageAll", appID=104, userID=sender,
+                                          message=text))) == {"sendResults": True}
     mine = [f for f in (member.push("msg"), member.push("msg"))]
     assert [f["response"]["data"]["msg"] for f in mine] == ["one", "two"]
     assert mine[0]["seq"] != mine[1]["seq"]

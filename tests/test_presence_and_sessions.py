@@ -118,7 +118,7 @@ def test_enter_and_exit_reach_the_room_only(node, connect):
     assert d.reply("d-in") == reply("d-in", "login")
     enter = expect_event(c, "enter", d_user)
     assert enter["response"]["data"] == {"target": "", "type": "text", "msg": "哈喽~",
-                                         "from": d_user}
+                                         "from": d_user, "room": ""}
     assert events_about(d.flush(), d_user) == []  # not told of its own arrival
 
     d.close()

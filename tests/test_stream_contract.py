@@ -176,3 +176,33 @@ def test_redis_restarted_empty_gives_a_new_epoch(tmp_path):
         assert offset == 1 and second != first
     finally:
         server.stop()
+
+
+# -- the bounds of a Redis call --------------------------------------------------------------------
+
+def test_a_call_that_times_out_while_the_loop_is_busy_does_not_trip_the_breaker(contract_redis):
+    """A burst of CPU work holds the event loop past redis.timeout: the call that waited
+    fails, but Redis answered in time, so the next call goes to Redis as usual."""
+    from imserver.cluster.redis_store import BoundedRedis, connection_pool
+    bounded = BoundedRedis(connection_pool("", contract_redis.addr, "", 0, 8, 0.3), 0.3)
+    assert bounded.call(bounded.redis.ping) is True
+
+    def busy():
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:  # no yield: the loop is stalled
+            pass
+
+    stall = gevent.spawn_later(0.05, busy)
+    with pytest.raises(StoreError, match="too busy"):
+        bounded.call(bounded.redis.blpop, "nothing-here", 1)  # waits until the deadline
+    stall.join()
+    assert bounded.call(bounded.redis.ping) is True  # not failing fast
+
+
+def test_a_silent_redis_trips_the_breaker(contract_redis):
+    from imserver.cluster.redis_store import BoundedRedis, connection_pool
+    bounded = BoundedRedis(connection_pool("", contract_redis.addr, "", 0, 8, 0.3), 0.3)
+    with pytest.raises(StoreError, match="no answer within"):
+        bounded.call(bounded.redis.blpop, "nothing-here", 1)
+    with pytest.raises(StoreError, match="unreachable a moment ago"):
+        bounded.call(bounded.redis.ping)

@@ -372,7 +372,7 @@ def test_logged_in_client_vanishing_mid_frame_goes_offline(node, raw, connect):
     sock.close()
     exit_event = observer.push("exit")
     assert exit_event["response"]["data"] == {"target": "", "type": "text",
-                                              "msg": "用户已经离开~", "from": user}
+                                              "msg": "用户已经离开~", "from": user, "room": ""}
     assert user not in node.get("/user/list", appID=104)["data"]["userList"]
     assert node.get("/user/online", appID=104, userID=user)["data"]["online"] is False
 

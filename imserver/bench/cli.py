@@ -14,6 +14,7 @@ import gevent
 
 from . import procstat, report
 from . import soak  # the soak scenario (imserver/bench/soak/) runs its own processes
+from . import recovery  # so does the recovery scenario (imserver/bench/recovery/)
 from .drivers import SOCKETIO_PATH
 from .options import add_options, plus_default
 from .scenarios import ORDER, Bench, NothingConnected
@@ -47,12 +48,17 @@ scenarios:
   broadcast  connect, then --messages POST /user/sendMessageAll to the room, every --interval s:
              deliveries counted by the clients, deliveries/s, server CPU µs per delivery
              net of the server's idle CPU (measured first, --idle-probe),
-             HTTP call -> last client per broadcast, receive latency p50
+             HTTP call -> last client per broadcast, receive latency p50; with --send-floor K,
+             the kernel floor (send_floor, K runs) and the ratio CPU per delivery / floor
   unicast    connect, then --unicast-messages POST /user/sendMessage to random online users at
              --rate/s (round robin over --http-targets): latency p50/p99/max to the client frame
   churn      connect, log in, hold --churn-hold s and leave, --churn-rate per second for
              --churn-duration s: achieved rate, failures, server RSS at start and end
   suite      the --scenarios list in that order on one set of connections, one result
+  soak       self-contained long run (own Redis and two nodes): churn, Redis restart, node kill
+  recovery   self-contained (own Redis and two nodes): node A drained while a room gets
+             messages through node B; its clients rejoin on B with `since`: lost/duplicated,
+             recovery times, Redis commands per message (see `recovery --help`)
 """
 
 
@@ -104,6 +110,11 @@ SETTINGS = [
     ("--idle-probe", float, 3.0, plus_default(
         "broadcast: seconds the server's idle CPU is measured first, to take it off the "
         "per-delivery figure (the gross one is reported too).")),
+    ("--send-floor", int, 0, plus_default(
+        "broadcast: after the broadcasts, run the kernel floor (imserver.bench.send_floor: one "
+        "frame of the broadcast's size to each of as many loopback sockets as receivers) this "
+        "many times and report CPU per delivery as a ratio to the median floor; 0: off.")),
+    ("--send-floor-rounds", int, 10, plus_default("broadcast: frames per socket of one floor run.")),
     ("--unicast-messages", int, 1000, plus_default("unicast: messages to send.")),
     ("--rate", float, 200.0, plus_default("unicast: sends per second.")),
     ("--http-concurrency", int, 50, plus_default("unicast: HTTP calls in flight at most.")),
@@ -155,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 ". Default: %(default)s")
     # -- soak: self-contained (starts Redis and two nodes itself); options of its own --------
     soak.add_parser(sub)
+    recovery.add_parser(sub)
     return parser
 
 
@@ -292,6 +304,8 @@ def main(argv=None) -> int:
     # -- soak: it targets no given address, see imserver/bench/soak/ ----------------------
     if args.scenario == soak.NAME:
         return soak.main(args, argv)
+    if args.scenario == recovery.NAME:
+        return recovery.main(args, argv)
     ws_urls, http_targets = _targets(parser, args)
     remote = [(u, h) for u, h in _hosts(ws_urls + [args.http] + http_targets) if not is_loopback(h)]
     if remote and not args.allow_remote:

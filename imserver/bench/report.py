@@ -57,6 +57,12 @@ def rows(results) -> "list[tuple[str, str, str]]":
                  _fmt(b["cpu_us_per_delivery"], 2)),
                 ("broadcast", "server CPU per delivery, gross (µs)",
                  _fmt(b.get("cpu_us_per_delivery_gross"), 2)),
+                *([("broadcast", "send floor, median (µs per send, user + system)",
+                    f"{_fmt(b['send_floor']['total_us_median'], 2)} "
+                    f"({_fmt(b['send_floor']['bytes'])} bytes × {_fmt(b['send_floor']['sockets'])} sockets)"),
+                   ("broadcast", "CPU per delivery / send floor, net / gross",
+                    f"{_fmt(b.get('ratio_to_floor'), 3)} / {_fmt(b.get('ratio_to_floor_gross'), 3)}")]
+                  if b.get("send_floor") else []),
                 ("broadcast", "HTTP call → last client, p50 / max (ms)",
                  f"{_fmt(b['last_receive_ms'].get('p50'))} / {_fmt(b['last_receive_ms'].get('max'))}"),
                 ("broadcast", "receive latency p50 / p99 (ms)",

@@ -25,6 +25,7 @@ USER_KEY_PREFIX = "acc:user:online:"
 MSG_ID_KEY_PREFIX = "acc:submit:again:seq:"
 ROOM_SIZE_KEY_PREFIX = "acc:hash:room:size:"  # this project's addition: node -> local room size
 FAIL_FAST = 1.0  # seconds calls fail at once after one found Redis unreachable
+LAG_TICK = 0.1  # seconds between the ticks that tell a busy event loop from a silent Redis
 
 # A logout replaces the user's record only if the record is still that login's (same node
 # and login time); field names are matched as the original's JSON decoding would.
@@ -65,21 +66,57 @@ def connection_pool(url: str, addr: str, password: str, db: int, pool_size: int,
                                         password=password or None, db=db, **options)
 
 
+class LoopLag:
+    """Tells whether this process's event loop was too busy to run greenlets on time (a
+    burst of CPU work) during a span: a call that timed out then says nothing of Redis."""
+
+    def __init__(self, tick: float = LAG_TICK):
+        self.tick = tick
+        self._last = time.monotonic()
+        self._stalls: "list[tuple[float, float]]" = []  # (end, length) of recent stalls
+        self._ticker = None
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(self.tick)
+            now = time.monotonic()
+            late = now - self._last - self.tick
+            if late > self.tick:
+                self._stalls = self._stalls[-7:] + [(now, late)]
+            self._last = now
+
+    def start(self) -> None:
+        if self._ticker is None:
+            self._last = time.monotonic()
+            self._ticker = gevent.spawn(self._run)
+
+    def stalled(self, since: float, longer_than: float) -> bool:
+        """Was the loop stalled for more than ``longer_than`` seconds after ``since``
+        (or is it now, its tick overdue)?"""
+        if time.monotonic() - self._last - self.tick > longer_than:
+            return True
+        return any(end > since and length > longer_than for end, length in self._stalls)
+
+
 class BoundedRedis:
     """A Redis client whose every call answers or fails within ``timeout``, failing at once
     for FAIL_FAST seconds after one found Redis unreachable. Stores on one Redis share one,
-    so that they share what they learn about it."""
+    so that they share what they learn about it. A call that timed out while this
+    process's own loop was stalled fails alone: Redis was not the one that was slow."""
 
     def __init__(self, pool: redis.BlockingConnectionPool, timeout: float = 1.0):
         self.redis = redis.Redis(connection_pool=pool)
         self.timeout = timeout
         self._down_until = float("-inf")  # time.monotonic() until which calls fail at once
         self._down_reason = ""
+        self._lag = LoopLag()
 
     def call(self, fn, *args, **kwargs):
         if time.monotonic() < self._down_until:
             REDIS_ERRORS.inc()
             raise StoreError(f"redis: unreachable a moment ago ({self._down_reason})")
+        self._lag.start()
+        started = time.monotonic()
         deadline = gevent.Timeout(self.timeout)
         deadline.start()
         try:
@@ -87,6 +124,10 @@ class BoundedRedis:
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
+            if self._lag.stalled(started, self.timeout / 4):
+                REDIS_ERRORS.inc()
+                raise StoreError(f"redis: no answer within redis.timeout ({self.timeout:g}s) "
+                                 "while this process was too busy to read it") from None
             raise self._unreachable(f"no answer within redis.timeout ({self.timeout:g}s)") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._unreachable(f"{exc.__class__.__name__}: {exc}") from None

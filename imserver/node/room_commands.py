@@ -4,14 +4,11 @@ import time
 
 from ..cluster import StoreError
 from ..protocol import Code, Message, fold_keys
-from ..protocol.envelope import has_control_chars, is_encodable, room_error
+from ..protocol.envelope import (HISTORY_LIMIT, HISTORY_MAX_LIMIT, MAX_MSG_ID_LENGTH,
+                                  MAX_TYPE_LENGTH, has_control_chars, is_encodable, room_error)
 from .commands import CommandError, commands
 from .history import Recovery
 
-MAX_TYPE_LENGTH = 32
-MAX_MSG_ID_LENGTH = 256
-HISTORY_LIMIT = 50  # messages a history page holds unless asked otherwise
-HISTORY_MAX_LIMIT = 100
 
 
 def _fields(conn, data) -> dict:

@@ -132,6 +132,10 @@ def encode_json(value: Any) -> str:
 
 
 MAX_ROOM_LENGTH = 64
+MAX_TYPE_LENGTH = 32  # a message's "type"
+MAX_MSG_ID_LENGTH = 256
+HISTORY_LIMIT = 50  # messages a history page holds unless asked otherwise
+HISTORY_MAX_LIMIT = 100
 
 
 def room_error(room) -> str:

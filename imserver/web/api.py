@@ -82,7 +82,11 @@ def relay_error(exc: RelayError):
 @bp.route("/list", methods=["GET", "POST", "OPTIONS"])
 def user_list():
     p = params()
-    users, unreachable = get_node().delivery.user_list(app_id_param(p))
+    return users_answer(*get_node().delivery.user_list(app_id_param(p)))
+
+
+def users_answer(users: "list[str]", unreachable: "list[str]"):
+    """A user list over the cluster, with the nodes that did not answer, if any."""
     data = {"userCount": len(users), "userList": users}
     if unreachable:
         data["unreachableNodes"] = unreachable

@@ -1,7 +1,8 @@
 """Request parameters shared by the API blueprints: checked, with a ``detail`` saying what
 to fix when they are wrong."""
 from ..protocol import Code
-from ..protocol.envelope import has_control_chars, is_encodable, parse_app_id, room_error
+from ..protocol.envelope import (MAX_MSG_ID_LENGTH, has_control_chars, is_encodable,
+                                  parse_app_id, room_error)
 from .extension import get_node
 from .responses import ApiError
 
@@ -51,8 +52,9 @@ def send_fields(p: dict):
     if len(message) > limit:
         raise ApiError(Code.PARAMETER_ILLEGAL,
                        f"message is {len(message)} characters, more than app.maxMessageLength ({limit})")
-    if len(msg_id) > 256:
-        raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must be at most 256 characters")
+    if len(msg_id) > MAX_MSG_ID_LENGTH:
+        raise ApiError(Code.PARAMETER_ILLEGAL,
+                       f"msgID must be at most {MAX_MSG_ID_LENGTH} characters")
     if has_control_chars(msg_id):
         raise ApiError(Code.PARAMETER_ILLEGAL, "msgID must not hold control characters")
     return msg_id, message

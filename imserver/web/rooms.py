@@ -5,6 +5,7 @@ from flask import Blueprint
 
 from ..cluster import RelayError, StoreError
 from ..protocol import Code
+from ..protocol.envelope import HISTORY_LIMIT, HISTORY_MAX_LIMIT, MAX_TYPE_LENGTH
 from . import api
 from .extension import get_node
 from .params import app_id_param, room_param, send_fields, text_param, user_id_param, whole_param
@@ -15,10 +16,6 @@ bp.after_request(add_cors)
 bp.before_request(api.preflight_and_key)
 bp.register_error_handler(StoreError, api.store_error)
 bp.register_error_handler(RelayError, api.relay_error)
-
-HISTORY_LIMIT = 50
-HISTORY_MAX_LIMIT = 100
-MAX_TYPE_LENGTH = 32
 
 
 @bp.route("/publish", methods=["POST", "OPTIONS"])
@@ -73,8 +70,4 @@ def users():
     p = params()
     app_id = app_id_param(p)
     room = room_param(p, required=False)
-    found, unreachable = get_node().delivery.room_users(app_id, room)
-    data = {"userCount": len(found), "userList": found}
-    if unreachable:
-        data["unreachableNodes"] = unreachable
-    return json_answer(data=data)
+    return api.users_answer(*get_node().delivery.room_users(app_id, room))

@@ -1,11 +1,16 @@
 """broadcast: ``--messages`` room broadcasts every ``--interval`` s; deliveries counted by
 the clients, the fan-out rate, the time from the HTTP call to the last client, and the
 server's CPU per delivery net of its idle CPU (measured first)."""
+import json
+import statistics
+import sys
 import time
 
 import gevent
+from gevent import subprocess
 
 from .. import procstat
+from ..harness import ROOT
 from ..stats import expand_samples, merge_quantiles, summary
 
 BROADCAST_SENDER = "bench-sender"
@@ -88,6 +93,60 @@ def _cpu(gross_s, idle_rate, seconds, delivered) -> dict:
             if gross_s is not None and delivered else None}
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+FLOOR_BYTES = 150  # when the frame cannot be rebuilt (history off, another server)
+FLOOR_MAX_SOCKETS = 18000  # one process of the floor holds them: within 20,000 open files
+
+
+def frame_bytes(bench, msg_id: str) -> "tuple[int, str]":
+    """(bytes on the wire of the broadcast's frame, how it was found): the push frame
+    rebuilt from the app room's newest stored message (as the node encodes it: compact JSON
+    plus the 2- or 4-byte WebSocket header); FLOOR_BYTES when history has none."""
+    try:
+        status, body = bench.http.get("/room/history", appID=bench.args.app_id, room="",
+                                      limit=1)
+        pubs = (body.get("data") or {}).get("publications") or [] if status == 200 else []
+    except (OSError, ValueError, AttributeError):
+        pubs = []
+    if not pubs:
+        return FLOOR_BYTES, "default (no stored message to rebuild the frame from)"
+    data = pubs[-1]
+    frame = _dumps({"seq": data.get("msgID") or msg_id, "cmd": "msg", "response": {
+        "code": 200, "codeMsg": "Ok", "data": data}}).encode()
+    return len(frame) + (2 if len(frame) < 126 else 4), "rebuilt from /room/history"
+
+
+def send_floor(bench, receivers: int, msg_id: str) -> dict:
+    """Run imserver.bench.send_floor ``--send-floor`` times (in its own process: it forks)
+    with as many sockets as receivers and the frame's size; the runs and their median."""
+    a = bench.args
+    size, how = frame_bytes(bench, msg_id)
+    n = max(1, min(receivers, FLOOR_MAX_SOCKETS))
+    runs = []
+    for i in range(a.send_floor):
+        bench.log(f"bench: send floor run {i + 1}/{a.send_floor}: {n} sockets x "
+                  f"{a.send_floor_rounds} frames of {size} bytes")
+        try:
+            out = subprocess.run([sys.executable, "-m", "imserver.bench.send_floor", str(n),
+                                  str(a.send_floor_rounds), str(size), "--json"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=300)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+            runs.append({"error": f"{type(exc).__name__}: {exc}"})
+    totals = [r["total_us"] for r in runs if "total_us" in r]
+    return {"runs": runs, "bytes": size, "bytes_from": how, "sockets": n,
+            "total_us_median": round(statistics.median(totals), 3) if totals else None}
+
+
+def floor_ratios(result: dict, floor: dict) -> dict:
+    f = floor.get("total_us_median")
+    if not f:
+        return {}
+    net, gross = result.get("cpu_us_per_delivery"), result.get("cpu_us_per_delivery_gross")
+    return {"ratio_to_floor": round(net / f, 3) if net is not None else None,
+            "ratio_to_floor_gross": round(gross / f, 3) if gross is not None else None}
+
+
 def run(bench) -> dict:
     a = bench.args
     bench.ensure_connected()
@@ -125,10 +184,17 @@ def run(bench) -> dict:
         **_cpu(gross_s, idle_rate, cpu_t1 - cpu_t0, delivered),
         "per_message": per_msg,
     }
+    if a.send_floor > 0:
+        floor = send_floor(bench, receivers, sends[-1]["msg_id"] if sends else "")
+        result["send_floor"] = floor
+        result.update(floor_ratios(result, floor))
     bench.results["scenarios"]["broadcast"] = result
     bench.samples["broadcast_last_ms"] = lasts
     bench.samples["broadcast_receive_ms"] = expand_samples(all_parts)
     bench.log(f"bench: broadcast: {delivered}/{expected} delivered, last receive p50 "
               f"{result['last_receive_ms'].get('p50')} ms, "
-              f"{result['cpu_us_per_delivery']} µs CPU/delivery net of idle")
+              f"{result['cpu_us_per_delivery']} µs CPU/delivery net of idle"
+              + (f", {result['ratio_to_floor']} x the send floor "
+                 f"({result['send_floor']['total_us_median']} µs)"
+                 if result.get("ratio_to_floor") is not None else ""))
     return result

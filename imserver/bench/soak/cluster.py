@@ -33,7 +33,8 @@ class SoakNode(NodeServer):
 
     stop_timeout = 15.0  # drainWindow 1: gunicorn's graceful timeout is 11 s
 
-    def __init__(self, label: str, ports, redis_addr: str, out_dir: str, args):
+    def __init__(self, label: str, ports, redis_addr: str, out_dir: str, args,
+                 overrides=None, banner: str = BANNER):
         self.label = label
         stem = f"node-{label.lower()}"
         config = node_config(*ports, {
@@ -42,14 +43,14 @@ class SoakNode(NodeServer):
                     "logFile": "",  # the node's stderr is its log file
                     "logLevel": args.node_log_level, "accessLog": bool(args.access_log),
                     "appIDs": sorted({101, 102, 103, 104, args.app_id})},
-            "redis": {"addr": redis_addr}})
+            "redis": {"addr": redis_addr}}, overrides)
         metrics_dir = os.path.join(out_dir, f"{stem}-metrics")
         os.makedirs(metrics_dir, exist_ok=True)
         # Its own Prometheus folder: a SIGKILLed master leaves no temporary folder behind.
         env = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir, "PYTHONUNBUFFERED": "1"}
         super().__init__(label, config, os.path.join(out_dir, f"{stem}.yaml"),
                          os.path.join(out_dir, f"{stem}.log"), env=env, detached=True,
-                         banner=BANNER)
+                         banner=banner)
         self.http = HttpPool(self.http_url, size=64, timeout=args.http_timeout)
         self.probe = HttpPool(self.http_url, size=4, timeout=3.0)
 
@@ -96,9 +97,11 @@ class Cluster:
     """Redis and nodes A and B: started together, checked to see each other, stopped
     by pid."""
 
-    def __init__(self, ctx, out_dir: str):
+    def __init__(self, ctx, out_dir: str, node_overrides=None, banner: str = BANNER):
         self.ctx = ctx
         self.out = out_dir
+        self.node_overrides = node_overrides  # {section: {key: value}} over both nodes' config
+        self.banner = banner
         self.redis = self.node_a = self.node_b = None
 
     @property
@@ -114,9 +117,11 @@ class Cluster:
             "b": {"http": ports[4], "ws": ports[5], "rpc": ports[6]}}
         meta["redis_server"] = binary
         self.redis = RedisServer(binary, ports[0], self.out, os.path.join(self.out, "redis.log"),
-                                 detached=True, banner=BANNER)
-        self.node_a = SoakNode("A", ports[1:4], self.redis.addr, self.out, a)
-        self.node_b = SoakNode("B", ports[4:7], self.redis.addr, self.out, a)
+                                 detached=True, banner=self.banner)
+        self.node_a = SoakNode("A", ports[1:4], self.redis.addr, self.out, a,
+                               self.node_overrides, self.banner)
+        self.node_b = SoakNode("B", ports[4:7], self.redis.addr, self.out, a,
+                               self.node_overrides, self.banner)
         self.ctx.log(f"starting redis-server on :{ports[0]}, node A (http :{ports[1]}, ws "
                      f":{ports[2]}, rpc :{ports[3]}), node B (http :{ports[4]}, ws :{ports[5]}, "
                      f"rpc :{ports[6]}); logs in {self.out}")
