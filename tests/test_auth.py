@@ -198,10 +198,11 @@ def test_open_page_has_a_name_and_no_token(node):
 def test_two_users_chat_on_a_secured_node(secure, tmp_path):
     """The browser scenario of test_chat_page.py, with tokens and an API key required."""
     chat_page.test_two_users_chat(secure, tmp_path)
-    # the page has no API key: its sends went through on its token
-    sends = [line for line in log_text(secure).splitlines()
+    # the page has no API key: it sends over its login, made with its token (publish), and
+    # never through the push API
+    posts = [line for line in log_text(secure).splitlines()
              if '"POST /user/sendMessageAll ' in line and "Chrome" in line]
-    assert sends and all('HTTP/1.1" 200 ' in line for line in sends), sends
+    assert posts == [], posts
 
 
 # -- the push API key --------------------------------------------------------------------------

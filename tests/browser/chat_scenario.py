@@ -24,7 +24,6 @@ import secrets
 import sys
 import time
 import traceback
-import urllib.parse
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -326,63 +325,129 @@ def scenario_reconnect(run, browser, http_url, out_dir):
     context.close()
 
 
+class Relay:
+    """Routes a page's /acc sockets through this process, frame by frame, to the real
+    node: it sees what the page sends, may answer a request itself instead of the node
+    (``answer``), lose the node's reply to one (``lose``), close the page's socket as
+    the node would (``close``), and turn reconnects away while ``hold`` is set."""
+
+    def __init__(self, page):
+        self.routes = []
+        self.sent = []        # frames the page sent, parsed
+        self.answer = None    # fn(frame) -> reply frame (dict) or None to pass it on
+        self.lose = None      # fn(frame) -> True: the node's reply to it is lost
+        self.lost = set()     # seqs whose replies are lost
+        self.hold = False
+        self.turned_away = 0
+        page.route_web_socket(re.compile(r".*/acc$"), self._route)
+
+    def _route(self, ws):
+        if self.hold:
+            self.turned_away += 1
+            ws.close(code=1013, reason="try again later")
+            return
+        server = ws.connect_to_server()
+        self.routes.append(ws)
+
+        def from_page(message):
+            try:
+                frame = json.loads(message)
+            except (TypeError, ValueError):
+                frame = None
+            if isinstance(frame, dict):
+                self.sent.append(frame)
+                reply = self.answer(frame) if self.answer else None
+                if reply is not None:
+                    ws.send(json.dumps(reply, ensure_ascii=False))
+                    return
+                if self.lose and self.lose(frame):
+                    self.lost.add(frame.get("seq"))
+            server.send(message)
+
+        def from_node(message):
+            try:
+                frame = json.loads(message)
+            except (TypeError, ValueError):
+                frame = None
+            if isinstance(frame, dict) and frame.get("seq") in self.lost \
+                    and frame.get("cmd") not in ("msg", "enter", "exit"):
+                self.lost.discard(frame.get("seq"))
+                ws.close(code=1001, reason="server going away")
+                return
+            ws.send(message)
+
+        ws.on_message(from_page)
+        server.on_message(from_node)
+
+    def close(self, code=1001, reason="server going away"):
+        self.routes[-1].close(code=code, reason=reason)
+
+    def cmds(self, cmd):
+        return [f for f in self.sent if f.get("cmd") == cmd]
+
+
+def refusal(code, detail=None):
+    """A fake error reply to a publish frame."""
+    def answer(frame):
+        if frame.get("cmd") != "publish":
+            return None
+        response = {"code": code, "codeMsg": "x", "data": None}
+        if detail:
+            response["detail"] = detail
+        return {"seq": frame["seq"], "cmd": "publish", "response": response}
+    return answer
+
+
 def scenario_send_errors(run, browser, http_url, out_dir):
     """Failed sends: an error answer gives a notice, no own bubble, and the text back in the
-    input; an unreachable server leaves the message waiting, and it is sent again later
-    with the same msgID."""
+    input; a send whose answer never came waits, and goes again after the next login with
+    the same msgID."""
     url = f"{http_url}/home/index?appID=101"
-    context, page, name = open_chat(run, browser, "sender", url)
-    sends = Sends(page)
+    context = browser.new_context()
+    page = context.new_page()
+    run.watch("sender", page)
+    relay = Relay(page)
+    page.goto(url, wait_until="domcontentloaded")
+    name = wait_online(run, page, "online")
     box = page.locator("[data-testid=message-input]")
     has_own = """(text) => Array.from(document.querySelectorAll(
         '[data-testid=messages] [data-testid=message].own')).some(e => e.textContent === text)"""
 
     run.step = "the server answers an error code"
-    page.route("**/user/sendMessageAll", lambda route: route.fulfill(
-        status=200, content_type="application/json; charset=utf-8",
-        body=json.dumps({"code": 1004, "msg": "系统错误", "data": None}, ensure_ascii=False)))
+    relay.answer = refusal(1004)
     box.fill("first try")
     page.locator("[data-testid=send-button]").click()
     run.wait(page, JS_HAS_NOTICE, "Message not sent: server error (1004)", "the error notice")
     run.facts["error_own_bubble"] = page.evaluate(has_own, f"{name}: first try")
     run.facts["error_input_back"] = box.input_value()
-    page.unroute("**/user/sendMessageAll")
 
     run.step = "the server answers an error with a detail"
-    detail = "message is 20000 characters, more than app.maxMessageLength (16384)"
-    page.route("**/user/sendMessageAll", lambda route: route.fulfill(
-        status=200, content_type="application/json; charset=utf-8",
-        body=json.dumps({"code": 1001, "msg": "参数不合法", "data": None, "detail": detail},
-                        ensure_ascii=False)))
+    detail = "msg is 20000 characters, more than app.maxMessageLength (16384)"
+    relay.answer = refusal(1001, detail)
     page.locator("[data-testid=send-button]").click()
     run.wait(page, JS_HAS_NOTICE, f"Message not sent: {detail} (1001)", "the detail notice")
     run.facts["detail_notice"] = True
-    page.unroute("**/user/sendMessageAll")
+    relay.answer = None
 
-    run.step = "the server cannot be reached"
-    tries = []
-
-    def unreachable(route):
-        tries.append(dict(pair.split("=", 1) for pair in (route.request.post_data or "").split("&")))
-        route.abort("connectionrefused")
-
-    page.route("**/user/sendMessageAll", unreachable)
+    run.step = "the answer is lost with the connection"
+    relay.lose = lambda frame: frame.get("cmd") == "publish"
     box.fill("second try")
     page.locator("[data-testid=send-button]").click()
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while not tries and time.monotonic() < deadline:
-        page.wait_for_timeout(50)
-    page.wait_for_timeout(2000)  # a page that tries again at once has done so by now
-    run.facts["network_tries_at_once"] = len(tries)
-    run.facts["network_form"] = sorted(tries[0]) if tries else []
-    run.facts["network_waiting"] = page.evaluate(JS_OWN, f"{name}: second try")
-    run.facts["network_errors"] = page.evaluate(JS_ERROR_NOTICES)[2:]  # after the two above
-    run.facts["network_input"] = box.input_value()
-    page.unroute("**/user/sendMessageAll")
+    run.wait(page, JS_NOT_ONLINE, what="the connection dropped")
+    relay.lose = None
+    run.facts["tries_before_login"] = len(relay.cmds("publish")) - 2
+    run.facts["waiting"] = page.evaluate(JS_OWN, f"{name}: second try")
+    run.facts["publish_data"] = sorted(relay.cmds("publish")[-1].get("data", {}))
 
-    run.step = "the server is back: the page sends it again"
-    run.wait(page, JS_MESSAGE_SENT, f"{name}: second try", "the own bubble")
-    run.facts["network_msgids"] = [msg_id for msg_id, text in sends.posts() if text == "second try"]
+    run.step = "the page logs in again and sends it again"
+    run.wait(page, JS_MESSAGE_SENT, f"{name}: second try", "the own bubble", timeout=RECONNECT_WAIT_MS)
+    run.facts["errors"] = [t for t in page.evaluate(JS_ERROR_NOTICES)[2:]  # after the two above
+                           if "not sent" in t]
+    run.facts["input"] = box.input_value()
+    run.facts["msgids"] = [f["data"]["msgID"] for f in relay.cmds("publish")
+                           if f["data"].get("msg") == "second try"]
+    run.facts["copies"] = sum(1 for t in page.evaluate(JS_MESSAGES)
+                              if t.startswith(f"message: {name}: second try"))
     context.close()
 
 
@@ -543,19 +608,21 @@ def scenario_long_message(run, browser, http_url, out_dir):
     ctx_b.close()
 
 
-def scenario_send_refused(run, browser, http_url, out_dir):
-    """The node wants auth.apiKey for sends and has no login tokens for the page: the
-    page shows the API's own sentence, not the code's Chinese message."""
+def scenario_send_keyed(run, browser, http_url, out_dir):
+    """The node wants auth.apiKey for the push API: the page, which sends over its own
+    login, is not concerned."""
     url = f"{http_url}/home/index?appID=101"
-    context, page, name = open_chat(run, browser, "sender", url)
+    ctx_a, page_a, name_a = open_chat(run, browser, "A", url)
+    ctx_b, page_b, name_b = open_chat(run, browser, "B", url)
     run.step = "send"
-    page.locator("[data-testid=message-input]").fill("hello")
-    page.locator("[data-testid=send-button]").click()
-    run.wait(page, """() => Array.from(document.querySelectorAll(
-        '[data-testid=messages] [data-testid=notice]')).some(
-        e => e.textContent.startsWith('Message not sent: '))""", what="the refusal notice")
-    run.facts["notices"] = [t for t in page.evaluate(JS_MESSAGES) if "Message not sent" in t]
-    context.close()
+    line = f"hello {secrets.token_hex(3)}"
+    page_a.locator("[data-testid=message-input]").fill(line)
+    page_a.locator("[data-testid=send-button]").click()
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {line}", "sent on A")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {line}", False], "the line on B")
+    run.facts["errors"] = page_a.evaluate(JS_ERROR_NOTICES)
+    ctx_a.close()
+    ctx_b.close()
 
 
 # ---- sending while the connection is down, to a draining node, to part of the cluster ----
@@ -578,28 +645,26 @@ JS_NOT_ONLINE = """() => document.querySelector('[data-testid=status]')
     .getAttribute('data-state') !== 'online'"""
 JS_ERROR_NOTICES = """() => Array.from(document.querySelectorAll(
     '[data-testid=messages] .notice.error')).map(e => e.textContent)"""
-# A node that drains answers pushes so (the code may be any of the API's).
-DRAINING = {"code": 1004, "msg": "系统错误", "data": None,
-            "detail": "the node is shutting down; send to another node"}
-
-
 class Sends:
-    """What a page sends, in order, watched and never touched: its login frames over /acc
-    and its POSTs to /user/sendMessageAll (with their form)."""
+    """What a page sends over /acc, in order, watched and never touched: its login frames
+    and its publish frames (msgID and text)."""
 
     def __init__(self, page):
         self.events = []  # ("login",) or ("post", msgID, message)
-        page.on("websocket", lambda ws: ws.on("framesent", self._frame))
-        page.on("request", self._request)
+        page.on("websocket", lambda ws: ws.on("framesent", self.frame))
 
-    def _frame(self, payload):
-        if isinstance(payload, str) and '"cmd":"login"' in payload:
+    def frame(self, payload):
+        if not isinstance(payload, str):
+            return
+        try:
+            frame = json.loads(payload)
+        except ValueError:
+            return
+        data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
+        if frame.get("cmd") == "login":
             self.events.append(("login",))
-
-    def _request(self, request):
-        if request.method == "POST" and request.url.endswith("/user/sendMessageAll"):
-            form = urllib.parse.parse_qs(request.post_data or "")
-            self.events.append(("post", form.get("msgID", [""])[0], form.get("message", [""])[0]))
+        elif frame.get("cmd") == "publish":
+            self.events.append(("post", data.get("msgID", ""), data.get("msg", "")))
 
     def logins(self):
         return sum(1 for e in self.events if e[0] == "login")
@@ -673,57 +738,65 @@ def scenario_send_while_down(run, browser, http_url, out_dir):
     ctx_b.close()
 
 
-def scenario_drain_503(run, browser, http_url, out_dir):
-    """A's node answers A's message with HTTP 503 (it is draining): the message waits, is not
-    sent again to that node, and goes out after A's next login."""
+def scenario_answer_lost(run, browser, http_url, out_dir):
+    """A's message reaches its node, which delivers it to B, but the answer is lost: the
+    node drains and stops. The message waits, goes again with its msgID after A's next
+    login, the node answers that it has it already, and B has it once."""
     room = "/home/index?appID=101"
-    (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(
-        run, browser, http_url + room, run.other_url + room)
-    sends = Sends(page_a)
-    refused = []
+    ctx_b, page_b, name_b = open_chat(run, browser, "B", run.other_url + room)
+    ctx_a = browser.new_context()
+    page_a = ctx_a.new_page()
+    run.watch("A", page_a)
+    relay = Relay(page_a)
+    page_a.goto(http_url + room, wait_until="domcontentloaded")
+    name_a = wait_online(run, page_a, "A online")
+    if name_a == name_b:
+        raise StepFailed(f"both pages are named {name_a}")
+    run.wait(page_a, JS_HAS_ONLINE, name_b, "A lists B")
 
-    def draining(route):
-        refused.append(route.request.post_data)
-        route.fulfill(status=503, content_type="application/json; charset=utf-8",
-                      body=json.dumps(DRAINING, ensure_ascii=False))
+    run.step = "A sends; the answer is lost"
+    lost = []
 
-    run.step = "A sends; the node answers 503"
-    page_a.route("**/user/sendMessageAll", draining)
+    def lose(frame):
+        if frame.get("cmd") == "publish" and not lost:
+            lost.append(frame)
+            relay.hold = True  # A stays away until the node has been restarted
+            return True
+        return False
+
+    relay.lose = lose
     line = f"sent to a draining node {secrets.token_hex(3)}"
     page_a.locator("[data-testid=message-input]").fill(line)
     page_a.locator("[data-testid=send-button]").click()
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while not refused and time.monotonic() < deadline:
-        page_a.wait_for_timeout(50)
-    if not refused:
-        raise StepFailed("the page did not post the message")
-    page_a.wait_for_timeout(300)  # the page has the answer
-    run.facts["after_503"] = page_a.evaluate(JS_OWN, f"{name_a}: {line}")
-    run.facts["errors_after_503"] = page_a.evaluate(JS_ERROR_NOTICES)
-    page_a.unroute("**/user/sendMessageAll")
-
-    run.step = "the node drains and comes back"
-    run.ask("stop-node")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {line}", False], "the line on B")
     run.wait(page_a, JS_NOT_ONLINE, what="A not online")
+    run.facts["after_loss"] = page_a.evaluate(JS_OWN, f"{name_a}: {line}")
+    run.ask("stop-node")
     page_a.wait_for_timeout(1500)
-    run.facts["posts_before_login"] = len(sends.posts())
     run.facts["while_down"] = page_a.evaluate(JS_OWN, f"{name_a}: {line}")
+    run.facts["publishes_before_login"] = len(relay.cmds("publish"))
+
+    run.step = "the node is back: A sends it again"
     run.ask("start-node")
-    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {line}", False], "the line on B",
+    relay.hold = False
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {line}", "the line sent on A",
              timeout=RECONNECT_WAIT_MS)
-    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {line}", "the line sent on A")
+    page_b.wait_for_timeout(500)
     run.facts["after_login"] = page_a.evaluate(JS_OWN, f"{name_a}: {line}")
-    run.facts["posts"] = sends.posts()
-    run.facts["logins_before_posts"] = sends.logins_before_posts()
+    run.facts["msgids"] = [f["data"]["msgID"] for f in relay.cmds("publish")]
+    run.facts["logins_before_last"] = sum(1 for f in relay.sent[:relay.sent.index(
+        relay.cmds("publish")[-1])] if f.get("cmd") == "login")
     run.facts["b_copies"] = sum(1 for t in page_b.evaluate(JS_MESSAGES)
+                                if t == f"message: {name_a}: {line}")
+    run.facts["a_copies"] = sum(1 for t in page_a.evaluate(JS_MESSAGES)
                                 if t == f"message: {name_a}: {line}")
     ctx_a.close()
     ctx_b.close()
 
 
-def scenario_partial(run, browser, http_url, out_dir):
-    """The cluster store goes away: a message is delivered on this node only, and A's own
-    bubble says it may not have reached everyone."""
+def scenario_store_down(run, browser, http_url, out_dir):
+    """The cluster store goes away: a message that cannot be stored is not taken, and the
+    page says so, in the server's words, and gives its text back."""
     room = f"{http_url}/home/index?appID=101"
     (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(run, browser, room, room)
     box = page_a.locator("[data-testid=message-input]")
@@ -738,20 +811,20 @@ def scenario_partial(run, browser, http_url, out_dir):
 
     run.step = "a line while Redis is down"
     run.ask("stop-redis")
-    part = f"only this node gets this {secrets.token_hex(3)}"
+    part = f"nobody gets this {secrets.token_hex(3)}"
     box.fill(part)
     box.press("Enter")
-    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {part}", False], "the second line on B")
-    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {part}", "the second line sent")
-    page_a.wait_for_timeout(200)
-    run.facts["part"] = page_a.evaluate(JS_OWN, f"{name_a}: {part}")
-    mark = page_a.locator("[data-testid=message].own.partial [data-testid=message-note]")
-    run.facts["marks"] = mark.count()
-    run.facts["mark_visible"] = mark.count() == 1 and mark.is_visible()
-    run.facts["marks_by_role"] = page_a.get_by_role(
-        "img", name=re.compile("may not have reached everyone")).count()
+    run.wait(page_a, """() => Array.from(document.querySelectorAll(
+        '[data-testid=messages] .notice.error')).some(e => e.textContent.startsWith('Message not sent: '))""",
+             what="the refusal notice")
+    page_b.wait_for_timeout(500)
+    run.facts["errors"] = page_a.evaluate(JS_ERROR_NOTICES)
+    run.facts["own"] = page_a.evaluate(JS_OWN, f"{name_a}: {part}")
+    run.facts["input"] = box.input_value()
+    run.facts["line"] = part
+    run.facts["b_has"] = page_b.evaluate(JS_HAS_MESSAGE, [f"{name_a}: {part}", None])
     if out_dir:
-        page_a.screenshot(path=os.path.join(out_dir, "chat-partial.png"))
+        page_a.screenshot(path=os.path.join(out_dir, "chat-store-down.png"))
     ctx_a.close()
     ctx_b.close()
 
@@ -793,12 +866,283 @@ def scenario_given_up(run, browser, http_url, out_dir):
     context.close()
 
 
+# ---- rooms, history and recovery ----
+
+JS_TEXTS = """() => Array.from(document.querySelectorAll(
+    '[data-testid=messages] [data-testid=message]')).map(e => e.textContent)"""
+JS_ALL_TEXTS = """() => Array.from(document.querySelectorAll(
+    'ol.messages [data-testid=message]')).map(e => e.textContent)"""
+JS_ROOMS = """() => Array.from(document.querySelectorAll('[data-testid=named-room]'))
+    .map(e => e.getAttribute('data-room'))"""
+JS_UNREAD = """(room) => {
+    const entry = room === '' ? document.querySelector('[data-testid=room-link][aria-current=page]')
+        : document.querySelector('[data-testid=named-room][data-room="' + CSS.escape(room) + '"]');
+    const badge = entry && entry.querySelector('[data-testid=unread]');
+    return badge && !badge.hidden ? badge.textContent : '';
+}"""
+JS_SHOWN_ROOM = """() => document.querySelector('[data-testid=messages]').getAttribute('data-room')"""
+JS_NOTICES = """() => Array.from(document.querySelectorAll(
+    '[data-testid=messages] [data-testid=notice]')).map(e => e.textContent)"""
+RECOVERY_FAILED = "Reconnected. Messages sent meanwhile could not be recovered; these are the room's latest."
+
+
+def say(page, text):
+    page.locator("[data-testid=message-input]").fill(text)
+    page.locator("[data-testid=message-input]").press("Enter")
+
+
+def join_room(run, page, room):
+    """Join a named room through the room form; the room is shown."""
+    page.locator("[data-testid=room-add]").click()
+    page.locator("[data-testid=room-input]").fill(room)
+    page.locator("[data-testid=room-join]").click()
+    run.wait(page, "(room) => document.querySelector('[data-testid=messages]')"
+             ".getAttribute('data-room') === room", room, f"room {room} shown")
+
+
+def show_room(page, room):
+    if room == "":
+        page.locator("[data-testid=room-link][aria-current=page]").click()
+    else:
+        page.locator(f"[data-testid=named-room][data-room='{room}'] .room-open").click()
+
+
+def count(texts, text):
+    return sum(1 for t in texts if t == text)
+
+
+def scenario_history(run, browser, http_url, out_dir):
+    """What was said stays: a reload shows the app room's and a named room's last
+    messages, each once, and the named room is still in the list."""
+    url = f"{http_url}/home/index?appID=101"
+    ctx_a, page_a, name_a = open_chat(run, browser, "A", url)
+    tag = secrets.token_hex(3)
+    room = f"hist-{tag}"
+
+    run.step = "A says three lines in the app room and one in a named room"
+    lines = [f"history {tag} line {i}" for i in range(3)]
+    for line in lines:
+        say(page_a, line)
+        run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {line}", f"{line} sent")
+    join_room(run, page_a, room)
+    named_line = f"in {room}"
+    say(page_a, named_line)
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {named_line}", "the named room's line sent")
+
+    run.step = "A reloads"
+    page_a.reload(wait_until="domcontentloaded")
+    wait_online(run, page_a, "A online after the reload")
+    for line in lines:
+        run.wait(page_a, JS_HAS_MESSAGE, [f"{name_a}: {line}", True], f"{line} from history")
+    run.facts["a_texts"] = page_a.evaluate(JS_TEXTS)
+    run.facts["lines"] = [f"{name_a}: {line}" for line in lines]
+    run.facts["rooms_after_reload"] = page_a.evaluate(JS_ROOMS)
+    show_room(page_a, room)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_a}: {named_line}", True], "the named room's history")
+    run.facts["named_texts"] = page_a.evaluate(JS_TEXTS)
+    run.facts["named_line"] = f"{name_a}: {named_line}"
+
+    run.step = "another page opens the app room"
+    ctx_c, page_c, name_c = open_chat(run, browser, "C", url)
+    run.wait(page_c, JS_HAS_MESSAGE, [f"{name_a}: {lines[-1]}", False], "the lines on C")
+    run.facts["c_texts"] = page_c.evaluate(JS_TEXTS)
+    run.facts["c_rooms"] = page_c.evaluate(JS_ROOMS)
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-history.png"))
+    ctx_a.close()
+    ctx_c.close()
+
+
+def scenario_restart(run, browser, http_url, out_dir):
+    """The (embedded) node restarts: its streams start again with a new epoch, so the
+    pages cannot recover; they load the rooms' history again, show no message twice, and
+    join their named room again by themselves."""
+    url = f"{http_url}/home/index?appID=101"
+    (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(run, browser, url, url)
+    tag = secrets.token_hex(3)
+    room = f"restart-{tag}"
+
+    run.step = "both join a named room; lines before the restart"
+    join_room(run, page_a, room)
+    join_room(run, page_b, room)
+    before = f"before the restart {tag}"
+    say(page_b, before)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {before}", False], "the line on A")
+    show_room(page_a, "")
+    show_room(page_b, "")
+    app_before = f"app room before {tag}"
+    say(page_b, app_before)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {app_before}", False], "the app line on A")
+
+    run.step = "the node restarts"
+    run.ask("stop-node")
+    run.wait(page_a, JS_NOT_ONLINE, what="A not online")
+    run.ask("start-node")
+    wait_online_long = "() => document.querySelector('[data-testid=status]').getAttribute('data-state') === 'online'"
+    run.wait(page_a, wait_online_long, what="A online again", timeout=RECONNECT_WAIT_MS)
+    run.wait(page_b, wait_online_long, what="B online again", timeout=RECONNECT_WAIT_MS)
+    run.wait(page_a, JS_HAS_NOTICE, RECOVERY_FAILED, "A reloaded the app room's history")
+
+    run.step = "lines after the restart"
+    after = f"after the restart {tag}"
+    say(page_b, after)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {after}", False], "the app line after on A")
+    show_room(page_b, room)
+    named_after = f"named room after {tag}"
+    say(page_b, named_after)
+    run.wait(page_a, f"(room) => ({JS_UNREAD})(room) === '1'", room, "A's unread count for the room")
+    show_room(page_a, room)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {named_after}", False], "the named line after on A")
+    run.facts["a_named_notices"] = page_a.evaluate(JS_NOTICES)
+    run.facts["a_named_texts"] = page_a.evaluate(JS_TEXTS)
+    show_room(page_a, "")
+    run.facts["a_app_texts"] = page_a.evaluate(JS_TEXTS)
+    run.facts["a_app_notices"] = page_a.evaluate(JS_NOTICES)
+    run.facts["a_all_texts"] = page_a.evaluate(JS_ALL_TEXTS)
+    run.facts["lines"] = {"after": f"{name_b}: {after}", "named_after": f"{name_b}: {named_after}",
+                          "before": f"{name_b}: {before}", "app_before": f"{name_b}: {app_before}"}
+    ctx_a.close()
+    ctx_b.close()
+
+
+def scenario_recovery(run, browser, http_url, out_dir):
+    """A's connection drops while the node stays up, and A is kept away a moment: B says
+    things in the app room and a named room, A types one line. A comes back, recovers
+    what it missed (and says how much), sends its line, and shows nothing twice."""
+    url = f"{http_url}/home/index?appID=101"
+    ctx_b, page_b, name_b = open_chat(run, browser, "B", url)
+    ctx_a = browser.new_context()
+    page_a = ctx_a.new_page()
+    run.watch("A", page_a)
+    relay = Relay(page_a)
+    page_a.goto(url, wait_until="domcontentloaded")
+    name_a = wait_online(run, page_a, "A online")
+    if name_a == name_b:
+        raise StepFailed(f"both pages are named {name_a}")
+    tag = secrets.token_hex(3)
+    room = f"away-{tag}"
+    join_room(run, page_a, room)
+    join_room(run, page_b, room)
+    first = f"seen live {tag}"
+    say(page_b, first)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {first}", False], "the first line on A")
+    show_room(page_a, "")
+    show_room(page_b, "")
+
+    run.step = "A's connection drops and A is kept away"
+    relay.hold = True
+    relay.close(code=1001, reason="server going away")
+    run.wait(page_a, JS_NOT_ONLINE, what="A not online")
+    missed_app = [f"app room while away {tag} {i}" for i in range(3)]
+    for line in missed_app:
+        say(page_b, line)
+        run.wait(page_b, JS_MESSAGE_SENT, f"{name_b}: {line}", f"{line} sent by B")
+    show_room(page_b, room)
+    missed_room = [f"named room while away {tag} {i}" for i in range(2)]
+    for line in missed_room:
+        say(page_b, line)
+        run.wait(page_b, JS_MESSAGE_SENT, f"{name_b}: {line}", f"{line} sent by B")
+    typed = f"typed while away {tag}"
+    say(page_a, typed)
+    page_a.wait_for_timeout(500)
+    run.facts["typed_while_away"] = page_a.evaluate(JS_OWN, f"{name_a}: {typed}")
+    run.facts["publishes_while_away"] = len([f for f in relay.cmds("publish")
+                                             if f["data"].get("msg") == typed])
+
+    run.step = "A is let back"
+    relay.hold = False
+    run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {typed}", "A's line sent", timeout=RECONNECT_WAIT_MS)
+    run.wait(page_b, "(text) => Array.from(document.querySelectorAll('ol.messages [data-testid=message]'))"
+             ".some(e => e.textContent === text)", f"{name_a}: {typed}", "A's line on B")
+    run.wait(page_a, JS_HAS_NOTICE, "3 messages while you were away", "the app room's notice")
+    run.facts["turned_away"] = relay.turned_away
+    run.facts["app_texts"] = page_a.evaluate(JS_TEXTS)
+    run.facts["app_notices"] = page_a.evaluate(JS_NOTICES)
+    run.facts["room_unread"] = page_a.evaluate(JS_UNREAD, room)
+    show_room(page_a, room)
+    run.facts["room_texts"] = page_a.evaluate(JS_TEXTS)
+    run.facts["room_notices"] = page_a.evaluate(JS_NOTICES)
+    run.facts["room_unread_after_open"] = page_a.evaluate(JS_UNREAD, room)
+    run.facts["joins"] = [f["data"] for f in relay.cmds("join")]
+    run.facts["missed_app"] = [f"{name_b}: {t}" for t in missed_app]
+    run.facts["missed_room"] = [f"{name_b}: {t}" for t in missed_room]
+    run.facts["first"] = f"{name_b}: {first}"
+    run.facts["room"] = room
+    run.facts["typed"] = f"{name_a}: {typed}"
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-recovered.png"))
+    ctx_a.close()
+    ctx_b.close()
+
+
+def scenario_named_room(run, browser, http_url, out_dir):
+    """A creates a room by name, B joins it by name: they talk there, see each other in
+    it, and the app room (and a page that did not join) sees none of it; what arrives in
+    a room not shown is counted in the room list."""
+    url = f"{http_url}/home/index?appID=101"
+    (ctx_a, page_a, name_a), (ctx_b, page_b, name_b) = open_pair(run, browser, url, url)
+    ctx_c, page_c, name_c = open_chat(run, browser, "C", url)
+    tag = secrets.token_hex(3)
+    room = f"Café {tag} ☕"
+
+    run.step = "A creates the room, B joins it"
+    join_room(run, page_a, room)
+    join_room(run, page_b, room)
+    run.wait(page_a, JS_HAS_NOTICE, f"{name_b} joined", "B's arrival in the room on A")
+    run.wait(page_a, JS_HAS_ONLINE, name_b, "B in the room's online list on A")
+    run.facts["a_room_online"] = page_a.evaluate(JS_ONLINE_NAMES)
+    run.facts["room_title"] = page_a.locator("[data-testid=room-name]").text_content()
+
+    run.step = "they talk in the room"
+    hello = f"hello room {tag}"
+    say(page_a, hello)
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {hello}", False], "A's line on B")
+    reply = f"hello back {tag}"
+    say(page_b, reply)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {reply}", False], "B's line on A")
+
+    run.step = "messages in a room not shown are counted"
+    show_room(page_a, "")
+    unseen = [f"unseen {tag} {i}" for i in range(2)]
+    for line in unseen:
+        say(page_b, line)
+    run.wait(page_a, f"(room) => ({JS_UNREAD})(room) === '2'", room, "A's unread count of 2")
+    run.facts["a_app_texts"] = page_a.evaluate(JS_TEXTS)
+    run.facts["c_texts"] = page_c.evaluate(JS_ALL_TEXTS)
+    show_room(page_b, "")
+    app_line = f"in the app room {tag}"
+    show_room(page_a, room)
+    run.facts["unread_after_open"] = page_a.evaluate(JS_UNREAD, room)
+    run.facts["a_room_texts"] = page_a.evaluate(JS_TEXTS)
+    say(page_b, app_line)
+    run.wait(page_a, "() => (" + JS_UNREAD + ")('') === '1'", None, "the app room's unread count")
+    run.wait(page_c, JS_HAS_MESSAGE, [f"{name_b}: {app_line}", False], "the app line on C")
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-named-room.png"))
+
+    run.step = "B leaves the room"
+    page_b.locator(f"[data-testid=named-room][data-room='{room}'] [data-testid=room-leave]").click()
+    run.wait(page_a, JS_HAS_NOTICE, f"{name_b} left", "B's leaving on A")
+    run.facts["b_rooms"] = page_b.evaluate(JS_ROOMS)
+    page_b.reload(wait_until="domcontentloaded")
+    wait_online(run, page_b, "B online after the reload")
+    run.facts["b_rooms_after_reload"] = page_b.evaluate(JS_ROOMS)
+    run.facts["lines"] = {"hello": f"{name_a}: {hello}", "reply": f"{name_b}: {reply}",
+                          "unseen": [f"{name_b}: {t}" for t in unseen], "room": room,
+                          "names": [name_a, name_b]}
+    ctx_a.close()
+    ctx_b.close()
+    ctx_c.close()
+
+
 SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenario_refused,
              "reconnect": scenario_reconnect, "send-errors": scenario_send_errors,
              "names": scenario_names, "unknown-room": scenario_unknown_room,
-             "long-message": scenario_long_message, "send-refused": scenario_send_refused,
-             "send-while-down": scenario_send_while_down, "drain-503": scenario_drain_503,
-             "partial": scenario_partial, "given-up": scenario_given_up}
+             "long-message": scenario_long_message, "send-keyed": scenario_send_keyed,
+             "send-while-down": scenario_send_while_down, "answer-lost": scenario_answer_lost,
+             "store-down": scenario_store_down, "given-up": scenario_given_up,
+             "history": scenario_history, "restart": scenario_restart,
+             "recovery": scenario_recovery, "named-room": scenario_named_room}
 
 
 def main(argv=None):
