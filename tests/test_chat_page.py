@@ -211,10 +211,15 @@ def check_names(facts, prefix):
     first = facts["default_name"]
     assert re.fullmatch(prefix + r"[A-Za-z]+[0-9]+", first), first
     assert facts["guest_prefix"] == prefix
-    # the name stays with the tab: reloads and room switches keep it, a new tab has its own
+    # the name stays with the browser: reloads, room switches and another tab keep it; the
+    # other tab is another device of the user, so neither replaces the other
     assert facts["after_reload"] == first
     assert facts["after_room_switch"] == first and facts["room_after_switch"] == 102
-    assert facts["other_tab_name"] != first
+    assert facts["other_tab_name"] == first
+    assert facts["first_tab_after_other"] == "online"
+    first_device, other_device = facts["devices"]
+    assert first_device and other_device and first_device != other_device, facts["devices"]
+    assert other_device.startswith(first_device), facts["devices"]
     # the name form checks what it is given
     assert facts["hint_empty"] == "Type a name."
     assert facts["hint_invisible"] == "A name cannot hold control or invisible characters."
@@ -466,3 +471,79 @@ def test_two_pages_talk_in_a_named_room(node, tmp_path):
     for line in lines["unseen"]:
         assert facts["a_room_texts"].count(line) == 1
     assert facts["b_rooms"] == [] and facts["b_rooms_after_reload"] == []
+
+
+# -- private conversations, the offline inbox, images -----------------------------------------
+
+def test_two_users_talk_privately(node, tmp_path):
+    """A opens a conversation with B from the online list; B sees it in the room list with
+    an unread count, opens it and replies; C and the app room see nothing of it; a reload
+    shows the conversation again from the inbox."""
+    report = run_scenario("private", node, tmp_path)
+    assert_ok(report)
+    facts = report["facts"]
+    lines = facts["lines"]
+    name_a, name_b, name_c = lines["names"]
+    assert facts["a_title"] == f" › {name_b} (private)"
+    assert facts["a_conversations"] == [name_b]
+    assert facts["b_conversations"] == [name_a]
+    assert facts["b_shown_before"] == ""  # B was not taken away from the room it showed
+    for line in lines["a"] + [lines["reply"]]:
+        assert line not in facts["b_app_texts"] and line not in facts["c_texts"], line
+    assert facts["c_conversations"] == []
+    assert facts["b_unread_after_open"] == ""
+    assert facts["b_texts"] == lines["a"], facts["b_texts"]
+    assert facts["a_texts"] == lines["a"] + [lines["reply"]], facts["a_texts"]
+    assert facts["a_unread_shown"] == ""  # the conversation shown: nothing unread
+    assert facts["send_frames"] == [["msg", "msgID", "to", "type"]], facts["send_frames"]
+    assert facts["b_acks"] and facts["b_acks"] == sorted(facts["b_acks"]), facts["b_acks"]
+    assert all(facts["b_logins"]), facts["b_logins"]  # logged in as a device
+    assert facts["a_conversations_after_reload"] == [name_b]
+    assert facts["a_texts_after_reload"] == lines["a"] + [lines["reply"]], facts["a_texts_after_reload"]
+
+
+def test_messages_sent_while_away_arrive_at_the_next_login(node, tmp_path):
+    """B closes its page, A writes three lines. B's browser comes back (same name, same
+    device): the lines arrive at login as unread, are shown once beside what B read
+    before, acknowledged, and do not come again at the next login."""
+    report = run_scenario("offline-inbox", node, tmp_path)
+    assert_ok(report)
+    facts = report["facts"]
+    lines = facts["lines"]
+    name_a, name_b = lines["names"]
+    assert facts["b_name_again"] == name_b
+    devices = facts["devices"]
+    assert len(devices) == 3 and devices[0] and len(set(devices)) == 1, devices
+    inbox = facts["login_replies"][0]["inbox"]
+    assert inbox["unacked"] == 3, facts["login_replies"]
+    for line in lines["missed"] + [lines["first"]]:
+        assert line not in facts["b_app_texts"]
+    assert facts["b_texts"] == [lines["first"]] + lines["missed"], facts["b_texts"]
+    assert facts["b_unread_after_open"] == ""
+    assert facts["acks"] and max(facts["acks"]) == inbox["offset"], (facts["acks"], inbox)
+    after = facts["login_replies_after_reload"][0]["inbox"]
+    assert after["unacked"] == 0 and after["epoch"] == inbox["epoch"], after
+    assert facts["unread_after_reload"] == ""
+    assert facts["a_online"] == "online"
+
+
+def test_an_image_is_uploaded_and_shown_inline(node, tmp_path):
+    report = run_scenario("image", node, tmp_path)
+    assert_ok(report)
+    facts = report["facts"]
+    name_a, name_b, backend = facts["names"]
+    file_url = re.compile(r"/files/[A-Za-z0-9_-]{24}\.png")
+    (own,) = facts["a_images"]
+    (seen,) = facts["b_images"]
+    assert file_url.fullmatch(own["src"]) and own["src"] == seen["src"], (own, seen)
+    assert (own["width"], own["height"]) == (3, 2) and (seen["width"], seen["height"]) == (3, 2)
+    assert own["own"] and not own["pending"] and own["from"] == name_a
+    assert not seen["own"] and seen["from"] == name_a and seen["testid"] == "message-image"
+    assert facts["publishes"] == [{"type": "image", "msg": own["src"]}], facts["publishes"]
+    (private,) = facts["b_private_images"]
+    assert file_url.fullmatch(private["src"]) and (private["width"], private["height"]) == (1, 1)
+    # another type, and an image elsewhere than this server's files: text, no <img>
+    assert facts["backend_texts"] == [f"{backend}: {facts['foreign']}", f"{backend}: a sticker"]
+    assert facts["backend_images"] == []
+    (refusal,) = facts["refusal"]
+    assert refusal.startswith("Image not sent: the file must be an image") and refusal.endswith("(1001)."), refusal

@@ -4,23 +4,30 @@
  * A plain ES module, no framework and no build step. Everything the page says to the
  * server over the WebSocket goes through imclient.js (docs/CLIENT.md): login,
  * heartbeats, reconnects, rooms, history, recovery after a reconnect and sends that
- * wait while the page is disconnected. The page itself shows rooms and messages, the
- * online list (GET /user/list, /room/users) and the user's name (GET /home/token).
+ * wait while the page is disconnected, private messages and the inbox, image uploads.
+ * The page itself shows rooms, private conversations and messages, the online list
+ * (GET /user/list, /room/users) and the user's name (GET /home/token).
  * The wire contract is docs/PROTOCOL.md.
  *
  * Rooms: the app rooms (the configured appIDs) are pages of their own (?appID=); within
  * one, the page shows the app's own room and the named rooms the user joined, which are
  * kept in localStorage per appID so that a reload joins them again.
  *
+ * Private conversations: a click on a user of the online list opens one; each is an entry
+ * of the room list with its unread count, kept in localStorage per appID and user, and
+ * shows the user's inbox (history with inbox) filtered to that partner. The page logs in
+ * as a device of this browser (claimDeviceID: one per open page), so that what arrives
+ * while it is closed is given at the next login, and acknowledges what it has shown.
+ *
  * The server picks the page's default name (userID) and, when logins need one, a token
  * for it (token). The user may choose another name; the server checks it and mints its
- * token (GET /home/token). The name is kept in this tab's sessionStorage, so reloads and
- * room switches keep it while another tab gets a name of its own.
+ * token (GET /home/token). The name is kept in localStorage, so reloads, room switches,
+ * other tabs and later visits of this browser keep it.
  *
  * Every piece of text that a user chose (names, rooms, messages, server reasons) is put
  * into the page with textContent, never parsed as HTML.
  */
-import { IMClient, NOT_CONNECTED } from './imclient.js';
+import { IMClient, NOT_CONNECTED, claimDeviceID } from './imclient.js';
 
 // ---------------------------------------------------------------- config
 
@@ -45,7 +52,7 @@ var REQUEST_TIMEOUT_MS = 10000;   // an HTTP answer
 var LIST_POLL_MS = 30000;         // online list refresh when presence events are off
 var MAX_MESSAGES = 500;           // kept in the page
 var MAX_LISTED_USERS = 300;       // rendered in the sidebar
-var NAME_KEY = 'imserver.name';  // sessionStorage: this tab's name
+var NAME_KEY = 'imserver.name';  // localStorage: this browser's name
 var COUNTER_FROM = 0.8;           // the counter shows from this share of the length limit
 
 var CODES = {
@@ -186,7 +193,7 @@ function pageName() {
 
 function storedName() {
   try {
-    return window.sessionStorage.getItem(NAME_KEY) || '';
+    return window.localStorage.getItem(NAME_KEY) || '';
   } catch (err) {
     return '';   // storage disabled: every page gets the server's name
   }
@@ -194,7 +201,7 @@ function storedName() {
 
 function storeName(name) {
   try {
-    window.sessionStorage.setItem(NAME_KEY, name);
+    window.localStorage.setItem(NAME_KEY, name);
   } catch (err) { /* storage disabled: the name lasts as long as the page */ }
 }
 
@@ -235,6 +242,13 @@ function tokenExpired() {
 
 var HISTORY_PAGE = 50;            // messages shown when a room opens, and per "earlier" click
 var ROOMS_KEY = 'imserver.rooms.'; // localStorage + appID: the named rooms joined there
+var CONVERSATIONS_KEY = 'imserver.conversations.';  // + appID + '.' + user: [{user, unread}]
+var SEEN_KEY = 'imserver.seen.';   // + appID + '.' + user: {epoch, offset} of the inbox shown
+var INBOX_PAGE = 100;             // inbox messages read per history request
+var INBOX_PAGES = 5;              // requests at most, to find a conversation's messages
+var CONVERSATION = '\u0001';      // key prefix of a conversation: no room name holds it
+// An image message shows inline only when its URL is one of this server's uploads.
+var FILE_URL = /^\/files\/[A-Za-z0-9_-]{24}\.(png|jpg|gif|webp)$/;
 var ROOM_MAX_CHARS = 64;
 var NOT_IN_ROOMS = /[\p{Cc}\u2028\u2029]/u;
 
@@ -267,7 +281,10 @@ var els = {
   nameForm: $('name-form'),
   nameInput: $('name-input'),
   nameCancel: $('name-cancel'),
-  nameHint: $('name-hint')
+  nameHint: $('name-hint'),
+  conversations: $('conversations'),
+  attach: $('attach-button'),
+  fileInput: $('file-input')
 };
 
 var myName = pageName();
@@ -289,9 +306,10 @@ els.myName.title = myName;
 var rooms = new Map();
 var shown = '';
 
-function makeRoom(name, view) {
+function makeRoom(name, view, partner) {
   var room = {
     name: name,
+    partner: partner || '',  // a private conversation with this user
     view: view,
     byID: new Map(),        // msgID -> message element: a message is shown once
     unread: 0,
@@ -327,7 +345,135 @@ function storeRooms() {
 }
 
 function namedRooms() {
-  return Array.from(rooms.keys()).filter(function (n) { return n !== ''; });
+  return Array.from(rooms.keys()).filter(function (n) { return n !== '' && !rooms.get(n).partner; });
+}
+
+// ---------------------------------------------------------------- private conversations
+
+function conversationKey(user) {
+  return CONVERSATION + user;
+}
+
+function conversations() {
+  return Array.from(rooms.values()).filter(function (r) { return r.partner; });
+}
+
+function storedConversations() {
+  try {
+    var list = JSON.parse(window.localStorage.getItem(CONVERSATIONS_KEY + cfg.appID + '.' + myName) || '[]');
+    return Array.isArray(list) ? list.filter(function (c) {
+      return c && typeof c.user === 'string' && c.user && c.user !== myName;
+    }) : [];
+  } catch (err) {
+    return [];
+  }
+}
+
+function storeConversations() {
+  try {
+    window.localStorage.setItem(CONVERSATIONS_KEY + cfg.appID + '.' + myName, JSON.stringify(
+      conversations().map(function (r) { return { user: r.partner, unread: r.unread }; })));
+  } catch (err) { /* storage disabled: the conversations last as long as the page */ }
+}
+
+/** The inbox place up to which this browser has shown private messages (any of its pages). */
+function seenMark() {
+  try {
+    var mark = JSON.parse(window.localStorage.getItem(SEEN_KEY + cfg.appID + '.' + myName) || 'null');
+    return mark && typeof mark.epoch === 'string' && typeof mark.offset === 'number' ? mark : null;
+  } catch (err) {
+    return null;
+  }
+}
+
+function seenBefore(data) {
+  var mark = seenMark();
+  return Boolean(mark) && typeof data.offset === 'number' && data.epoch === mark.epoch
+    && data.offset <= mark.offset;
+}
+
+function markSeen(data) {
+  if (typeof data.offset !== 'number' || typeof data.epoch !== 'string' || !data.epoch) return;
+  var mark = seenMark();
+  if (mark && mark.epoch === data.epoch && mark.offset >= data.offset) return;
+  try {
+    window.localStorage.setItem(SEEN_KEY + cfg.appID + '.' + myName,
+      JSON.stringify({ epoch: data.epoch, offset: data.offset }));
+  } catch (err) { /* storage disabled */ }
+}
+
+/** The conversation with ``user`` in the room list (made when new). */
+function addConversation(user, unread) {
+  var key = conversationKey(user);
+  var existing = rooms.get(key);
+  if (existing) return existing;
+  var view = document.createElement('ol');
+  view.className = 'messages';
+  view.hidden = true;
+  view.setAttribute('aria-live', 'polite');
+  view.setAttribute('data-conversation', user);
+  view.addEventListener('click', function () { setDrawer(false); });
+  els.views.appendChild(view);
+  var room = makeRoom(key, view, user);
+  room.unread = unread > 0 ? Math.floor(unread) : 0;
+  conversationEntry(room);
+  renderUnread(room);
+  return room;
+}
+
+/** The room list entry of a conversation: a button to show it, its unread badge, a close button. */
+function conversationEntry(room) {
+  var item = document.createElement('span');
+  item.className = 'named-room conversation';
+  item.setAttribute('data-testid', 'conversation');
+  item.setAttribute('data-user', room.partner);
+  var open = document.createElement('button');
+  open.type = 'button';
+  open.className = 'room-open';
+  open.title = 'Private conversation with ' + room.partner;
+  var label = document.createElement('span');
+  label.className = 'room-label';
+  label.textContent = room.partner;
+  open.appendChild(label);
+  var badge = unreadBadge();
+  open.appendChild(badge);
+  open.addEventListener('click', function () { showRoom(room.name); });
+  var close = document.createElement('button');
+  close.type = 'button';
+  close.className = 'room-leave';
+  close.setAttribute('data-testid', 'conversation-close');
+  close.setAttribute('aria-label', 'Close the conversation with ' + room.partner);
+  close.textContent = '×';
+  close.addEventListener('click', function () { dropRoom(room.name); });
+  item.appendChild(open);
+  item.appendChild(close);
+  room.entry = item;
+  room.badge = badge;
+  els.conversations.appendChild(item);
+}
+
+/** A click on a user of the online list: the private conversation with them, shown. */
+function openConversation(user) {
+  if (!user || user === myName) return;
+  var room = addConversation(user);
+  storeConversations();
+  setDrawer(false);
+  showRoom(room.name);
+  els.input.focus();
+}
+
+/** The conversations of the user now logged in (after a name change: theirs, not the old name's). */
+function restoreConversations() {
+  conversations().forEach(function (room) { removeRoom(room); });
+  storedConversations().forEach(function (c) { addConversation(c.user, c.unread); });
+}
+
+/** The partner of a message of the user's inbox ('' when it is not between two users). */
+function partnerOf(data) {
+  var from = data.from === undefined || data.from === null ? '' : String(data.from);
+  var target = data.target === undefined || data.target === null ? '' : String(data.target);
+  if (from !== '' && from === myName) return target;
+  return target === myName ? from : '';
 }
 
 /** Why a typed room name cannot be used ('' when it can). */
@@ -378,6 +524,7 @@ function unreadBadge() {
 }
 
 function renderUnread(room) {
+  if (room.partner) storeConversations();
   if (!room.badge) return;
   room.badge.hidden = room.unread === 0;
   room.badge.textContent = room.unread ? String(room.unread) : '';
@@ -416,7 +563,8 @@ function showRoom(name) {
     }
   });
   if (els.appRoomLink) els.appRoomLink.classList.toggle('shown', name === '');
-  els.roomName.textContent = name ? ' › ' + name : '';
+  els.roomName.textContent = room.partner ? ' › ' + room.partner + ' (private)' : name ? ' › ' + name : '';
+  els.input.placeholder = room.partner ? 'Message to ' + room.partner + '…' : 'Type a message…';
   document.title = (hiddenUnread ? '(' + hiddenUnread + ') ' : '') + baseTitle;
   room.unread = 0;
   renderUnread(room);
@@ -426,13 +574,20 @@ function showRoom(name) {
   room.view.scrollTop = room.view.scrollHeight;
   if (client && client.state === 'online') {
     if (!room.loaded) loadHistory(room);
-    refreshOnline(room);
+    refreshOnline(listRoom());
   }
+}
+
+/** The room whose online list the sidebar shows: a conversation shows the app room's. */
+function listRoom() {
+  var room = rooms.get(shown) || rooms.get('');
+  return room.partner ? rooms.get('') : room;
 }
 
 function joinRoom(name) {
   var room = addRoom(name);
   storeRooms();
+  if (!client) return room;   // the client, once made, joins it
   client.join(name).then(function () {
     room.online.add(myName);
     if (shown === name) renderOnline();
@@ -454,11 +609,15 @@ function leaveRoom(name) {
 function dropRoom(name) {
   var room = rooms.get(name);
   if (!room || name === '') return;
-  rooms.delete(name);
-  storeRooms();
+  removeRoom(room);
+  if (room.partner) storeConversations(); else storeRooms();
+}
+
+function removeRoom(room) {
+  rooms.delete(room.name);
   if (room.entry && room.entry.parentNode) room.entry.parentNode.removeChild(room.entry);
   if (room.view.parentNode) room.view.parentNode.removeChild(room.view);
-  if (shown === name) showRoom('');
+  if (shown === room.name) showRoom('');
 }
 
 function openRoomForm() {
@@ -569,8 +728,9 @@ function notice(text, kind, roomName) {
   return li;
 }
 
-/** A chat bubble; its text is "from: msg" (the time is CSS generated content). */
-function messageBubble(from, text, own, time) {
+/** A chat bubble; its text is "from: msg" (the time is CSS generated content). An image
+ * message of this server's uploads shows the image instead of its URL. */
+function messageBubble(from, text, own, time, type) {
   var li = document.createElement('li');
   li.className = 'msg' + (own ? ' own' : '');
   li.setAttribute('data-testid', 'message');
@@ -597,7 +757,19 @@ function messageBubble(from, text, own, time) {
 
   var body = document.createElement('span');
   body.className = 'text';
-  body.textContent = text;
+  if (type === 'image' && FILE_URL.test(text)) {
+    var img = document.createElement('img');
+    img.className = 'image';
+    img.setAttribute('data-testid', 'message-image');
+    img.alt = 'image from ' + from;
+    img.loading = 'lazy';
+    img.decoding = 'async';
+    img.src = apiBase() + text;
+    li.classList.add('has-image');
+    body.appendChild(img);
+  } else {
+    body.textContent = text;   // any other type is shown as its text
+  }
 
   bubble.appendChild(fromEl);
   bubble.appendChild(sep);
@@ -613,7 +785,8 @@ function bubbleFor(room, data) {
   if (msgID && room.byID.has(msgID)) return null;
   var from = data.from === undefined || data.from === null ? '' : String(data.from);
   var text = data.msg === undefined || data.msg === null ? '' : String(data.msg);
-  var li = messageBubble(from || 'system', text, from !== '' && from === myName, data.time);
+  var type = typeof data.type === 'string' ? data.type : 'text';
+  var li = messageBubble(from || 'system', text, from !== '' && from === myName, data.time, type);
   if (msgID) {
     li.setAttribute('data-msgid', msgID);
     room.byID.set(msgID, li);
@@ -623,12 +796,14 @@ function bubbleFor(room, data) {
   return li;
 }
 
-/** A message that arrived (live or recovered): shown in its room, counted when unseen. */
-function showMessage(roomName, data) {
+/** A message that arrived (live or recovered): shown in its room, counted when unseen
+ * (unless ``counted`` is false). */
+function showMessage(roomName, data, counted) {
   var room = rooms.get(roomName) || rooms.get('');
   var li = bubbleFor(room, data);
   if (!li) return;
   append(li, false, room.name);
+  if (counted === false) return;
   if (room.name !== shown) {
     room.unread += 1;
     renderUnread(room);
@@ -655,10 +830,11 @@ document.addEventListener('visibilitychange', function () {
 function loadHistory(room) {
   if (room.loading) return;
   room.loading = true;
-  client.history(room.name, { limit: HISTORY_PAGE }).then(function (reply) {
+  var request = room.partner ? conversationPage(room) : client.history(room.name, { limit: HISTORY_PAGE });
+  request.then(function (reply) {
     room.loading = false;
     room.loaded = true;
-    insertOlder(room, reply.publications);
+    insertOlder(room, reply.publications, reply.partner ? reply : null);
   }, function (err) {
     room.loading = false;
     if (rooms.get(room.name) !== room) return;
@@ -672,10 +848,12 @@ function loadEarlier() {
   var room = rooms.get(shown);
   if (!room || room.loading || !room.more) return;
   room.loading = true;
-  client.history(room.name, { before: room.lowest, limit: HISTORY_PAGE }).then(function (reply) {
+  var request = room.partner ? conversationPage(room, room.lowest)
+    : client.history(room.name, { before: room.lowest, limit: HISTORY_PAGE });
+  request.then(function (reply) {
     room.loading = false;
     var keep = room.view.scrollHeight - room.view.scrollTop;
-    insertOlder(room, reply.publications);
+    insertOlder(room, reply.publications, reply.partner ? reply : null);
     room.view.scrollTop = room.view.scrollHeight - keep;
   }, function (err) {
     room.loading = false;
@@ -683,7 +861,34 @@ function loadEarlier() {
   });
 }
 
-function insertOlder(room, publications) {
+/**
+ * A conversation's messages from the user's inbox: pages of it, newest first, filtered to
+ * the partner, until a page's worth of them (or INBOX_PAGES requests, or the start).
+ * Resolves with {partner, publications (oldest first), lowest (offset of the last page
+ * read), more}.
+ */
+function conversationPage(room, before) {
+  var found = [];
+  var requests = 0;
+  function step(below) {
+    var page = { inbox: true, limit: INBOX_PAGE };
+    if (below) page.before = below;
+    return client.history(page).then(function (reply) {
+      requests += 1;
+      var list = reply.publications.filter(function (p) { return p && typeof p === 'object'; });
+      found = list.filter(function (p) { return partnerOf(p) === room.partner; }).concat(found);
+      var first = list.length && typeof list[0].offset === 'number' ? list[0].offset : 0;
+      var more = list.length >= INBOX_PAGE && first > 1;
+      if (!more || found.length >= HISTORY_PAGE || requests >= INBOX_PAGES) {
+        return { partner: room.partner, publications: found, lowest: first, more: more };
+      }
+      return step(first);
+    });
+  }
+  return step(before);
+}
+
+function insertOlder(room, publications, page) {
   var list = Array.isArray(publications) ? publications : [];
   var fragment = document.createDocumentFragment();
   list.forEach(function (data) {
@@ -691,9 +896,15 @@ function insertOlder(room, publications) {
     var li = bubbleFor(room, data);
     if (li) fragment.appendChild(li);
   });
-  var first = list.length && typeof list[0].offset === 'number' ? list[0].offset : 0;
-  if (first) room.lowest = room.lowest ? Math.min(room.lowest, first) : first;
-  room.more = list.length >= HISTORY_PAGE && room.lowest > 1;
+  if (page) {
+    // a conversation: where the inbox was read to, not its first message
+    if (page.lowest) room.lowest = room.lowest ? Math.min(room.lowest, page.lowest) : page.lowest;
+    room.more = page.more;
+  } else {
+    var first = list.length && typeof list[0].offset === 'number' ? list[0].offset : 0;
+    if (first) room.lowest = room.lowest ? Math.min(room.lowest, first) : first;
+    room.more = list.length >= HISTORY_PAGE && room.lowest > 1;
+  }
   room.view.insertBefore(fragment, room.view.firstChild);
   if (room.name === shown) {
     room.view.scrollTop = room.view.scrollHeight;
@@ -791,7 +1002,7 @@ function api(method, path, params) {
 
 /** The shown room's online users, in the sidebar. */
 function renderOnline() {
-  var room = rooms.get(shown) || rooms.get('');
+  var room = listRoom();
   var names = Array.from(room.online);
   names.sort(function (a, b) {
     if (a === myName) return -1;
@@ -813,8 +1024,21 @@ function renderOnline() {
     label.className = 'name';
     label.title = name;
     label.textContent = name;
-    li.appendChild(avatar);
-    li.appendChild(label);
+    if (name === myName) {
+      li.appendChild(avatar);
+      li.appendChild(label);
+    } else {
+      // A click opens a private conversation with the user.
+      var open = document.createElement('button');
+      open.type = 'button';
+      open.className = 'online-open';
+      open.setAttribute('data-testid', 'online-open');
+      open.title = 'Private message to ' + name;
+      open.appendChild(avatar);
+      open.appendChild(label);
+      open.addEventListener('click', function () { openConversation(name); });
+      li.appendChild(open);
+    }
     fragment.appendChild(li);
   });
   if (names.length > MAX_LISTED_USERS) {
@@ -837,7 +1061,7 @@ function isOnline() {
 
 /** Presence events are off for the shown room: read the list every 30 s instead. */
 function presenceEventsOff() {
-  var room = rooms.get(shown) || rooms.get('');
+  var room = listRoom();
   return cfg.presenceMaxRoom === 0 || room.online.size > cfg.presenceMaxRoom;
 }
 
@@ -846,7 +1070,7 @@ var pollTimer = null;
 function updatePolling() {
   var poll = isOnline() && presenceEventsOff();
   if (poll && !pollTimer) {
-    pollTimer = setInterval(function () { refreshOnline(rooms.get(shown) || rooms.get('')); }, LIST_POLL_MS);
+    pollTimer = setInterval(function () { refreshOnline(listRoom()); }, LIST_POLL_MS);
   } else if (!poll && pollTimer) {
     clearInterval(pollTimer);
     pollTimer = null;
@@ -869,7 +1093,7 @@ function refreshOnline(room) {
     room.eventsDuringFetch = null;
     if (isOnline()) next.add(myName);
     room.online = next;
-    if (room.name === shown) {
+    if (room === listRoom()) {
       renderOnline();
       updatePolling();
     }
@@ -889,9 +1113,9 @@ function presence(event) {
   // Our own name: an older connection of ours; this one is still here.
   if (name === myName) return;
   if (enter) room.online.add(name); else room.online.delete(name);
-  if (room.name === shown) renderOnline();
+  if (room === listRoom()) renderOnline();
   notice(name + (enter ? ' joined' : ' left'), '', room.name);
-  if (room.name === shown) updatePolling();
+  if (room === listRoom()) updatePolling();
 }
 
 // ---------------------------------------------------------------- the connection
@@ -929,7 +1153,7 @@ function loggedIn() {
   renderOnline();
   var room = rooms.get(shown);
   refreshOnline(rooms.get(''));
-  if (shown !== '') refreshOnline(room);
+  if (listRoom() !== rooms.get('')) refreshOnline(listRoom());
   if (!room.loaded) loadHistory(room);
   renderSends();
 }
@@ -1012,22 +1236,43 @@ function recoveryFailed(event) {
   if (room) reloadHistory(room);
 }
 
-var OWN_REQUESTS = { join: true, leave: true, publish: true, history: true };
+var OWN_REQUESTS = { join: true, leave: true, publish: true, history: true, send: true, ack: true };
 
-function startClient() {
+/**
+ * A private message (live, or one that waited in the inbox): shown in the conversation
+ * with its partner, which joins the room list when new; counted as unread unless it is
+ * the user's own (sent from another device) or a page of this browser showed it before.
+ * Then acknowledged, so that this device is not given it again.
+ */
+function privateMessage(event) {
+  var data = event.message;
+  var partner = event.partner;
+  var key = '';
+  if (partner && partner !== myName) key = addConversation(partner).name;
+  var counted = !event.own && !seenBefore(data);
+  showMessage(key, data, counted);
+  if (key && !counted) storeConversations();
+  markSeen(data);
+  client.ack();
+}
+
+function startClient(deviceID) {
   client = new IMClient({
     url: wsEndpoint(),
     appID: cfg.appID,
     userID: myName,
     serviceToken: cfg.token,
+    deviceID: deviceID,
+    uploadUrl: apiBase() + '/upload',
     heartbeatInterval: cfg.heartbeatInterval
   });
   client.on('state', connectionState);
   client.on('message', function (event) {
     // A named room the page has left may still have a message on its way: not shown.
-    if (event.room && !rooms.has(event.room) && !event.private) return;
+    if (event.room && !rooms.has(event.room)) return;
     showMessage(event.room, event.message);
   });
+  client.on('private', privateMessage);
   client.on('presence', presence);
   client.on('recovered', recovered);
   client.on('recoveryfailed', recoveryFailed);
@@ -1067,19 +1312,57 @@ function sendMessage() {
   els.input.value = '';
   els.input.focus();
   updateCounter();
+  sendLine(rooms.get(shown), text, 'text');
+}
 
-  var room = rooms.get(shown);
-  var sent = client.publish(room.name, text);
+/** Send a line to a room or, in a conversation, to its partner; shown at once, pending. */
+function sendLine(room, text, type) {
+  var sent = room.partner ? client.send(room.partner, text, { type: type })
+    : client.publish(room.name, text, { type: type });
   // The server does not echo a message to its sender: show it ourselves.
-  var bubble = messageBubble(myName, text, true);
+  var bubble = messageBubble(myName, text, true, undefined, type);
   bubble.classList.add('pending');
+  if (room.partner) bubble.classList.add('private');
   bubble.setAttribute('aria-busy', 'true');
   bubble.setAttribute('data-msgid', sent.msgID);
   room.byID.set(sent.msgID, bubble);
-  outbox.set(sent.msgID, { text: text, room: room.name, bubble: bubble, attempts: 0, waiting: !isOnline() });
+  outbox.set(sent.msgID, { text: type === 'text' ? text : '', room: room.name, bubble: bubble,
+    attempts: 0, waiting: !isOnline() });
   append(bubble, true, room.name);
   renderSends();
 }
+
+// ---------------------------------------------------------------- images
+
+/** The attach button: choose an image, upload it, send its URL as an "image" message. */
+function attachImage(file) {
+  var room = rooms.get(shown);
+  if (!client || client.stopped) {
+    notice('Image not sent: ' + NOT_CONNECTED, 'error');
+    return;
+  }
+  els.attach.setAttribute('aria-busy', 'true');
+  els.attach.disabled = true;
+  client.upload(file).then(function (url) {
+    if (rooms.get(room.name) !== room) {
+      notice('Image not sent: the conversation was closed.', 'error');
+      return;
+    }
+    sendLine(room, url, 'image');
+  }, function (err) {
+    notice('Image not sent: ' + errorText(err) + '.', 'error', room.name);
+  }).then(function () {
+    els.attach.removeAttribute('aria-busy');
+    els.attach.disabled = false;
+  });
+}
+
+els.attach.addEventListener('click', function () { els.fileInput.click(); });
+els.fileInput.addEventListener('change', function () {
+  var file = els.fileInput.files && els.fileInput.files[0];
+  els.fileInput.value = '';
+  if (file) attachImage(file);
+});
 
 function sendStatus(event) {
   var entry = outbox.get(event.msgID);
@@ -1158,9 +1441,9 @@ function notSent(entries, reason) {
     if (room) forget(room, entry.bubble);
     if (entry.bubble.parentNode) entry.bubble.parentNode.removeChild(entry.bubble);
     return entry.text;
-  });
+  }).filter(function (text) { return text; });   // an image's URL is not given back
   var what = texts.length === 1 ? 'Message not sent: ' : texts.length + ' messages not sent: ';
-  notice(what + reason, 'error', entries[0].room);
+  notice(what + reason, 'error', rooms.has(entries[0].room) ? entries[0].room : '');
   if (!els.input.value) els.input.value = texts.join(' ');
   updateCounter();
 }
@@ -1200,6 +1483,7 @@ function useName(name, token) {
   cfg.token = token;
   storeName(name);
   showName();
+  restoreConversations();   // the conversations are the new name's
   renderOnline();
   hideBanner();
   client.setUser({ userID: name, serviceToken: token });
@@ -1290,15 +1574,21 @@ if (cfg.roomNotFound) {
 storedRooms().forEach(function (name) { if (!roomProblem(name)) addRoom(name); });
 showRoom('');
 
+/** The name is known: its conversations, this page's device, the connection. */
+function begin() {
+  restoreConversations();
+  claimDeviceID().then(function (id) { startClient(id); }, function () { startClient(); });
+}
+
 var kept = storedName();
 if (kept && kept !== myName) {
-  // This tab's name from an earlier page: the server checks it and mints its token.
+  // This browser's name from an earlier page: the server checks it and mints its token.
   api('GET', '/home/token', { appID: cfg.appID, name: kept }).then(function (data) {
     myName = String(data.userID);
     cfg.token = String(data.token || '');
     storeName(myName);
     showName();
-    startClient();
+    begin();
   }, function (err) {
     if (!err.network) {
       storeName(myName);
@@ -1306,9 +1596,9 @@ if (kept && kept !== myName) {
     } else {
       notice('Could not keep your name "' + kept + '": ' + err.message + '.', 'error');
     }
-    startClient();
+    begin();
   });
 } else {
   storeName(myName);
-  startClient();
+  begin();
 }

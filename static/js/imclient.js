@@ -9,11 +9,14 @@
  *     client.join('lobby');
  *     client.publish('lobby', 'hello');
  *
- * What it does: logs in, keeps the connection alive with heartbeats, reconnects with a
- * capped, jittered exponential backoff (not after a refused login or a close 4000,
- * "replaced"), joins named rooms again after each new login, recovers what a room missed
- * meanwhile (join with `since`), drops a pushed message it has already seen, pages
- * history, and holds messages sent while disconnected until the server has taken them.
+ * What it does: logs in (as a device: `deviceID`, kept in localStorage), keeps the
+ * connection alive with heartbeats, reconnects with a capped, jittered exponential backoff
+ * (not after a refused login or a close 4000, "replaced"), joins named rooms again after
+ * each new login, recovers what a room missed meanwhile (join with `since`), drops a pushed
+ * message it has already seen, pages history (of rooms and of the user's inbox), holds
+ * messages (room and private ones) sent while disconnected until the server has taken
+ * them, gives the private messages that waited in the inbox at login, acknowledges what
+ * the application has shown (`ack`), and uploads images.
  * The reference for applications is docs/CLIENT.md.
  */
 
@@ -23,8 +26,14 @@ const DEFAULTS = {
   connectTimeout: 10000,     // ms to open the socket
   reconnectBase: 1000,       // ms: the first reconnect delay (before jitter)
   reconnectMax: 30000,       // ms: the delay never grows past this
-  stableAfter: 10000         // ms: a login that lasts this long resets the backoff
+  stableAfter: 10000,        // ms: a login that lasts this long resets the backoff
+  ackInterval: 1000          // ms: at most one ack per this time
 };
+
+/** localStorage key of this browser's device ID. */
+export const DEVICE_KEY = 'imclient.deviceID';
+
+const SEEN_PRIVATE_MAX = 2000;   // msgIDs of private messages remembered for de-duplication
 
 /** Close code of a connection replaced by a newer login of the same user. */
 export const CLOSE_REPLACED = 4000;
@@ -43,7 +52,7 @@ export const NOT_CONNECTED = 'not connected to the server';
  * `code` is the server's code (null when no reply came), `detail` its sentence, if any.
  */
 export class IMError extends Error {
-  constructor(message, { code = null, codeMsg = '', detail = '', cmd = '', room } = {}) {
+  constructor(message, { code = null, codeMsg = '', detail = '', cmd = '', room, status } = {}) {
     super(message);
     this.name = 'IMError';
     this.code = code;
@@ -51,6 +60,7 @@ export class IMError extends Error {
     this.detail = detail;
     this.cmd = cmd;
     if (room !== undefined) this.room = room;
+    if (status !== undefined) this.status = status;
   }
 }
 
@@ -69,6 +79,82 @@ export function newMsgID() {
   return Date.now().toString(36) + '-' + randomHex(8);
 }
 
+/** ws(s)://host:port/path/acc -> http(s)://host:port/path/upload: every port serves every route. */
+function uploadUrlFor(wsUrl) {
+  try {
+    const base = globalThis.location ? globalThis.location.href : undefined;
+    const u = new URL(wsUrl, base);
+    u.protocol = u.protocol === 'wss:' || u.protocol === 'https:' ? 'https:' : 'http:';
+    u.pathname = u.pathname.replace(/\/acc\/?$/, '').replace(/\/+$/, '') + '/upload';
+    u.search = '';
+    u.hash = '';
+    return u.toString();
+  } catch (err) {
+    return '/upload';
+  }
+}
+
+function storage() {
+  try {
+    return globalThis.localStorage || null;
+  } catch (err) {
+    return null;   // storage disabled
+  }
+}
+
+/**
+ * This browser's device ID: made once and kept in localStorage under `key`, so that the
+ * server keeps one inbox cursor for it across page loads. Without storage, a new one.
+ * @param {string} [key]
+ * @returns {string}
+ */
+export function storedDeviceID(key = DEVICE_KEY) {
+  const store = storage();
+  let id = '';
+  try {
+    id = store ? String(store.getItem(key) || '') : '';
+  } catch (err) { id = ''; }
+  if (!/^[A-Za-z0-9_-]{1,48}$/.test(id)) {
+    id = 'web-' + randomHex(8);
+    try {
+      if (store) store.setItem(key, id);
+    } catch (err) { /* not kept: this page's own ID */ }
+  }
+  return id;
+}
+
+/**
+ * The device ID for this page, one per open page of the browser: the first page gets
+ * storedDeviceID(), a second one open at the same time `<id>-2`, and so on, each as long
+ * as the page lives (Web Locks), so that two tabs do not replace each other's login.
+ * Without Web Locks, storedDeviceID().
+ * @param {{key?: string, slots?: number}} [options]
+ * @returns {Promise<string>}
+ */
+export function claimDeviceID({ key = DEVICE_KEY, slots = 8 } = {}) {
+  const base = storedDeviceID(key);
+  const locks = globalThis.navigator && globalThis.navigator.locks;
+  if (!locks || typeof locks.request !== 'function') return Promise.resolve(base);
+  const take = (id) => new Promise((resolve, reject) => {
+    locks.request('imclient.device:' + id, { ifAvailable: true }, (lock) => {
+      resolve(lock ? id : null);
+      return lock ? new Promise(() => {}) : undefined;   // held while the page lives
+    }).catch(reject);
+  });
+  const later = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  // A page being reloaded may still hold the first slot for a moment: ask twice.
+  const attempt = (slot, again) => {
+    if (slot > slots) return Promise.resolve(base + '-' + randomHex(4));
+    const id = slot === 1 ? base : base + '-' + slot;
+    return take(id).then((got) => {
+      if (got) return got;
+      if (again) return later(400).then(() => attempt(slot, false));
+      return attempt(slot + 1, false);
+    });
+  };
+  return attempt(1, true).catch(() => base);
+}
+
 /**
  * One connection to an imserver node, kept up by itself.
  *
@@ -76,14 +162,19 @@ export function newMsgID() {
  * EventTarget, whose events are CustomEvents with that detail):
  * - `state`: `{state, retryAt, stopped, why, code, reason, detail}`, state being
  *   `connecting`, `online` or `offline`.
- * - `message`: `{room, message, recovered, private}`; `message` is the push's data.
+ * - `message`: `{room, message, recovered}` for a room's message; `message` is the push's data.
+ * - `private`: `{message, partner, own, unacked}` for a private message: `partner` is the
+ *   other user of the conversation (`from` of a received one, `target` of a copy of one's
+ *   own send from another device, `own` true).
+ * - `inbox`: `{epoch, offset, unacked, reset}` at each login with a deviceID: `unacked`
+ *   private messages follow as `private` events.
  * - `presence`: `{room, kind: 'enter'|'exit', user}`.
  * - `joined`: `{room, epoch, offset}` after a join that did not recover (a first join).
  * - `recovered`: `{room, count}` after a reconnect, once the missed messages were given.
  * - `recoveryfailed`: `{room, epoch, offset}`: what the room missed cannot be replayed;
  *   reload its history.
- * - `send`: `{msgID, room, msg, type, status, waiting, attempts, code, detail, duplicate,
- *   offset, epoch}`, status `pending`, `sent` or `failed`.
+ * - `send`: `{msgID, room, to, msg, type, status, waiting, attempts, code, detail, duplicate,
+ *   offset, epoch, delivered}`, status `pending`, `sent` or `failed`; `to` for a private send.
  * - `error`: `{cmd, code, codeMsg, detail, room}` for an error reply of the server.
  */
 export class IMClient extends EventTarget {
@@ -93,6 +184,10 @@ export class IMClient extends EventTarget {
    * @param {number} options.appID The app to log in to.
    * @param {string} options.userID The user's ID.
    * @param {string} [options.serviceToken] Login token, when the node wants one.
+   * @param {string} [options.deviceID] This device (default: storedDeviceID(); '' logs in
+   *   without one: no inbox, live private messages only).
+   * @param {string} [options.uploadUrl] The node's POST /upload URL (default: from `url`).
+   * @param {number} [options.ackInterval=1000] At most one ack per this many ms.
    * @param {number} [options.heartbeatInterval=30] Seconds between heartbeats.
    * @param {number} [options.requestTimeout=10000] Milliseconds to wait for a reply.
    * @param {number} [options.connectTimeout=10000] Milliseconds to open the socket.
@@ -109,6 +204,8 @@ export class IMClient extends EventTarget {
     this.appID = Number(options.appID);
     this.userID = String(options.userID || '');
     this.serviceToken = String(options.serviceToken || '');
+    this.deviceID = options.deviceID === undefined || options.deviceID === null
+      ? storedDeviceID() : String(options.deviceID);
     /** `idle` before connect(), then `connecting`, `online` or `offline`. */
     this.state = 'idle';
     /** True once the client has given up (refused login, replaced, close()). */
@@ -124,8 +221,13 @@ export class IMClient extends EventTarget {
     // Rooms this client is in: '' is the app's own room. Each remembers the last epoch and
     // offset seen, and holds live messages while a recovery of it is answered.
     this._rooms = new Map([['', this._newRoom()]]);
-    this._outbox = [];            // sends in order: {msgID, room, msg, type, attempts}
+    this._outbox = [];            // sends in order: {msgID, room, to, msg, type, attempts}
     this._sending = null;         // the one on its way
+    // The user's inbox as this device sees it: the place reached (every private message up
+    // to `offset` of `epoch` was given or sent from here), own sends' places beyond it,
+    // how many unacknowledged ones the last login announced, and the ack.
+    this._inbox = this._newInbox('');
+    this._seenPrivate = new Map();   // from + US + msgID -> true, the newest last
     if (typeof globalThis.addEventListener === 'function') {
       // Back on the network: do not wait for the backoff to run out.
       globalThis.addEventListener('online', () => this.retryNow());
@@ -159,6 +261,7 @@ export class IMClient extends EventTarget {
    * connect() starts again.
    */
   close() {
+    this._flushAck();
     this._stop('closed', {});
   }
 
@@ -176,6 +279,10 @@ export class IMClient extends EventTarget {
    * @param {{userID: string, serviceToken?: string}} user
    */
   setUser({ userID, serviceToken = '' }) {
+    if (String(userID) !== this.userID) {
+      this._inbox = this._newInbox('');
+      this._seenPrivate.clear();
+    }
     this.userID = String(userID);
     this.serviceToken = String(serviceToken || '');
     this._attempt = 0;
@@ -241,26 +348,32 @@ export class IMClient extends EventTarget {
   }
 
   /**
-   * Read a room's history: the newest `limit` kept messages below `before`, oldest first.
-   * Rejects with an IMError when not online or refused.
-   * @param {string} room '' for the app's own room.
+   * Read a room's history, or the user's inbox (`history({inbox: true, ...})`): the newest
+   * `limit` kept messages below `before`, oldest first. Rejects with an IMError when not
+   * online or refused.
+   * @param {string|{inbox: true, before?: number, limit?: number}} room '' for the app's
+   *   own room; an object with `inbox: true` for the user's private conversation.
    * @param {{before?: number, limit?: number}} [page]
-   * @returns {Promise<{room: string, epoch: string, offset: number, publications: object[]}>}
+   * @returns {Promise<{room?: string, inbox?: true, epoch: string, offset: number, publications: object[]}>}
    */
-  history(room, { before, limit } = {}) {
-    if (!this._online) return Promise.reject(new IMError(NOT_CONNECTED, { cmd: 'history', room }));
-    const data = { room: String(room) };
+  history(room, page = {}) {
+    const inbox = Boolean(room && typeof room === 'object' && room.inbox === true);
+    const { before, limit } = inbox ? room : (page || {});
+    const place = inbox ? { inbox: true } : { room: String(room) };
+    if (!this._online) {
+      return Promise.reject(new IMError(NOT_CONNECTED, Object.assign({ cmd: 'history' }, place)));
+    }
+    const data = Object.assign({}, place);
     if (before !== undefined && before !== null) data.before = before;
     if (limit !== undefined && limit !== null) data.limit = limit;
     return this._request('history', data).then((response) => {
-      if (response.code !== OK) throw this._failed('history', response, room);
+      if (response.code !== OK) throw this._failed('history', response, inbox ? undefined : place.room);
       const reply = response.data || {};
-      return {
-        room: String(room),
+      return Object.assign(place, {
         epoch: typeof reply.epoch === 'string' ? reply.epoch : '',
         offset: Number(reply.offset) || 0,
         publications: Array.isArray(reply.publications) ? reply.publications : []
-      };
+      });
     });
   }
 
@@ -274,27 +387,109 @@ export class IMClient extends EventTarget {
    * @returns {{msgID: string, room: string, msg: string, type: string, status: string}}
    */
   publish(room, msg, { type = 'text', msgID = newMsgID() } = {}) {
-    const entry = { msgID, room: String(room), msg: String(msg), type, attempts: 0 };
-    const copy = { msgID, room: entry.room, msg: entry.msg, type, status: 'pending' };
-    if (this.stopped) {
-      queueMicrotask(() => this._sendStatus(entry, 'failed', { detail: NOT_CONNECTED }));
-    } else {
-      this._outbox.push(entry);
-      queueMicrotask(() => this._pump());
-    }
-    return copy;
+    const entry = { msgID, room: String(room), to: '', msg: String(msg), type, attempts: 0 };
+    this._enqueue(entry);
+    return { msgID, room: entry.room, msg: entry.msg, type, status: 'pending' };
+  }
+
+  /**
+   * Send a private message to user `to`. Like publish(): it waits while the client is not
+   * logged in, goes out after the next login in order with its msgID, and what becomes of
+   * it arrives as `send` events (with `to`). The server keeps it in both users' inboxes.
+   * @param {string} to
+   * @param {string} msg
+   * @param {{type?: string, msgID?: string}} [options]
+   * @returns {{msgID: string, to: string, msg: string, type: string, status: string}}
+   */
+  send(to, msg, { type = 'text', msgID = newMsgID() } = {}) {
+    const entry = { msgID, room: '', to: String(to), msg: String(msg), type, attempts: 0 };
+    // Its copy in this user's inbox is this message: not given again when it comes back.
+    this._sawPrivate(this.userID, msgID);
+    this._enqueue(entry);
+    return { msgID, to: entry.to, msg: entry.msg, type, status: 'pending' };
+  }
+
+  /**
+   * Acknowledge the inbox up to `offset` (default: every private message given so far):
+   * this device is not given them again at its next login. Call it once they are shown.
+   * Acks only move forward and go out at most once per `ackInterval`, the last one
+   * after the next login when the client is offline.
+   * @param {number} [offset]
+   */
+  ack(offset) {
+    const inbox = this._inbox;
+    const at = offset === undefined || offset === null ? inbox.offset : Math.min(Number(offset), inbox.offset);
+    if (!inbox.epoch || !(at > inbox.acked) || !(at > inbox.ackWanted)) return;
+    inbox.ackWanted = at;
+    this._scheduleAck();
+  }
+
+  /** The last place given in the user's inbox. @returns {{epoch: string, offset: number}|null} */
+  get inbox() {
+    return this._inbox.epoch ? { epoch: this._inbox.epoch, offset: this._inbox.offset,
+      acked: this._inbox.acked } : null;
+  }
+
+  /**
+   * Upload an image (POST /upload, multipart part `file`, with the login token as
+   * `Authorization: Bearer` when there is one). Resolves with the URL the server gave
+   * (`/files/<id>`, relative to the server); rejects with an IMError (`code`, `detail`,
+   * `status`).
+   * @param {Blob|File} file
+   * @param {{url?: string, name?: string}} [options]
+   * @returns {Promise<string>}
+   */
+  upload(file, { url, name } = {}) {
+    const target = url || this.options.uploadUrl || uploadUrlFor(this.url);
+    const form = new FormData();
+    form.append('file', file, name || (file && file.name) || 'image');
+    const headers = { Accept: 'application/json' };
+    if (this.serviceToken) headers.Authorization = 'Bearer ' + this.serviceToken;
+    return fetch(target, { method: 'POST', body: form, headers, cache: 'no-store' }).then((res) => {
+      return res.text().then((text) => {
+        let body = null;
+        try { body = JSON.parse(text); } catch (err) { body = null; }
+        if (!body || typeof body !== 'object') {
+          throw new IMError('HTTP ' + res.status + ': the answer is not JSON', { cmd: 'upload',
+            status: res.status });
+        }
+        const detail = typeof body.detail === 'string' ? body.detail : '';
+        if (body.code !== OK || !body.data || typeof body.data.url !== 'string') {
+          throw new IMError(detail || 'upload refused (' + body.code + ')', { cmd: 'upload',
+            code: body.code, codeMsg: String(body.msg || ''), detail, status: res.status });
+        }
+        return body.data.url;
+      });
+    }, (err) => {
+      throw new IMError('upload failed: server unreachable', { cmd: 'upload',
+        detail: String(err && err.message || err) });
+    });
   }
 
   /** Sends not yet taken by the server, oldest first. @returns {object[]} */
   get pending() {
-    return this._outbox.map((e) => ({ msgID: e.msgID, room: e.room, msg: e.msg, type: e.type,
-      attempts: e.attempts, waiting: e !== this._sending }));
+    return this._outbox.map((e) => ({ msgID: e.msgID, room: e.room, to: e.to, msg: e.msg,
+      type: e.type, attempts: e.attempts, waiting: e !== this._sending }));
   }
 
   // ------------------------------------------------------------------ connection
 
   _newRoom() {
     return { epoch: '', offset: 0, joining: false, joined: false, held: null, waiters: [] };
+  }
+
+  _newInbox(epoch) {
+    return { epoch, offset: 0, own: new Set(), expect: 0, top: 0, acked: 0, ackWanted: 0,
+      ackTimer: null, ackedAt: 0 };
+  }
+
+  _enqueue(entry) {
+    if (this.stopped) {
+      queueMicrotask(() => this._sendStatus(entry, 'failed', { detail: NOT_CONNECTED }));
+    } else {
+      this._outbox.push(entry);
+      queueMicrotask(() => this._pump());
+    }
   }
 
   _emit(name, detail) {
@@ -350,8 +545,10 @@ export class IMClient extends EventTarget {
 
   _login() {
     const data = { serviceToken: this.serviceToken, appID: this.appID, userID: this.userID };
+    if (this.deviceID) data.deviceID = this.deviceID;
     this._request('login', data).then((response) => {
       if (response.code === OK) {
+        this._inboxAtLogin(response.data && response.data.inbox);
         this._loggedIn();
       } else if (FINAL_LOGIN_CODES.has(response.code)) {
         this._stop('refused', this._codeOf(response));
@@ -368,6 +565,7 @@ export class IMClient extends EventTarget {
     clearTimeout(this._timers.stable);
     this._timers.stable = setTimeout(() => { this._attempt = 0; }, this.options.stableAfter);
     this._startHeartbeat();
+    if (this._inbox.ackWanted > this._inbox.acked) this._scheduleAck();
     // Rooms first (a named room takes messages only once joined), then what waits to go.
     const joins = Array.from(this._rooms.keys()).map((room) => this._join(room));
     Promise.all(joins).then(() => this._pump());
@@ -530,8 +728,12 @@ export class IMClient extends EventTarget {
 
   /** A live message: held while its room's recovery is answered, else given now. */
   _message(room, data) {
+    if (data.target) {
+      this._private(data);   // an inbox message: its offset is the inbox's
+      return;
+    }
     const r = this._rooms.get(room);
-    if (r && r.held && !data.target) {
+    if (r && r.held) {
       r.held.push(data);
       return;
     }
@@ -540,15 +742,130 @@ export class IMClient extends EventTarget {
 
   /** Give a message to the app unless its room's position says it was seen already. */
   _deliver(room, data, recovered) {
-    const isPrivate = Boolean(data.target);   // an inbox message: its offset is the inbox's
-    const r = isPrivate ? null : this._rooms.get(room);
+    const r = this._rooms.get(room);
     if (r && typeof data.offset === 'number' && typeof data.epoch === 'string' && data.epoch) {
       if (data.epoch === r.epoch && data.offset <= r.offset) return false;
       r.epoch = data.epoch;
       r.offset = data.offset;
     }
-    this._emit('message', { room, message: data, recovered, private: isPrivate });
+    this._emit('message', { room, message: data, recovered });
     return true;
+  }
+
+  // ------------------------------------------------------------------ private messages
+
+  /** The login's word on the inbox: a new epoch voids the place; `unacked` ones follow. */
+  _inboxAtLogin(info) {
+    let inbox = this._inbox;
+    inbox.expect = 0;
+    if (!info || typeof info !== 'object' || typeof info.epoch !== 'string') return;
+    const epoch = info.epoch;
+    const top = Number(info.offset) || 0;
+    const unacked = Number(info.unacked) || 0;
+    const reset = Boolean(inbox.epoch) && epoch !== inbox.epoch;
+    if (epoch !== inbox.epoch) {
+      clearTimeout(inbox.ackTimer);
+      inbox = this._inbox = this._newInbox(epoch);
+    }
+    inbox.top = top;
+    inbox.expect = unacked;
+    if (!unacked) {
+      // The device's cursor is at the top: nothing below it comes again.
+      inbox.offset = Math.max(inbox.offset, top);
+      inbox.acked = Math.max(inbox.acked, top);
+    }
+    this._emit('inbox', { epoch, offset: top, unacked, reset });
+  }
+
+  /** A pushed private message: given once, by its inbox place and by its sender's msgID. */
+  _private(data) {
+    let inbox = this._inbox;
+    const unacked = inbox.expect > 0;
+    if (unacked) inbox.expect -= 1;
+    let fresh = true;
+    if (inbox.epoch && typeof data.offset === 'number' && typeof data.epoch === 'string' && data.epoch) {
+      if (data.epoch !== inbox.epoch) {
+        // The inbox was made anew (its TTL passed): its places start again.
+        clearTimeout(inbox.ackTimer);
+        inbox = this._inbox = this._newInbox(data.epoch);
+      }
+      if (data.offset <= inbox.offset) {
+        fresh = false;
+      } else {
+        inbox.offset = data.offset;
+        this._advanceInbox();
+      }
+    }
+    if (unacked && inbox.expect === 0) inbox.offset = Math.max(inbox.offset, inbox.top);
+    const from = data.from === undefined || data.from === null ? '' : String(data.from);
+    if (fresh && typeof data.msgID === 'string' && data.msgID) fresh = this._sawPrivate(from, data.msgID);
+    if (!fresh) return;
+    const own = from !== '' && from === this.userID;
+    this._emit('private', { message: data, partner: own ? String(data.target) : from, own, unacked });
+  }
+
+  /** True the first time a sender's msgID is seen. */
+  _sawPrivate(from, msgID) {
+    const key = from + '\u001f' + msgID;
+    if (this._seenPrivate.has(key)) return false;
+    this._seenPrivate.set(key, true);
+    if (this._seenPrivate.size > SEEN_PRIVATE_MAX) {
+      this._seenPrivate.delete(this._seenPrivate.keys().next().value);
+    }
+    return true;
+  }
+
+  /** An own send's place in the inbox: the place reached passes it once it is next. */
+  _ownInboxPlace(epoch, offset) {
+    const inbox = this._inbox;
+    if (!inbox.epoch || epoch !== inbox.epoch || typeof offset !== 'number' || offset <= inbox.offset) return;
+    inbox.own.add(offset);
+    this._advanceInbox();
+  }
+
+  _advanceInbox() {
+    const inbox = this._inbox;
+    while (inbox.own.has(inbox.offset + 1)) {
+      inbox.offset += 1;
+    }
+    inbox.own.forEach((offset) => { if (offset <= inbox.offset) inbox.own.delete(offset); });
+  }
+
+  _scheduleAck() {
+    const inbox = this._inbox;
+    if (inbox.ackTimer || !this._online) return;
+    const wait = Math.max(0, inbox.ackedAt + this.options.ackInterval - Date.now());
+    inbox.ackTimer = setTimeout(() => {
+      inbox.ackTimer = null;
+      this._sendAck(inbox);
+    }, wait);
+  }
+
+  _sendAck(inbox) {
+    if (inbox !== this._inbox || !this._online || !this.deviceID) return;
+    const offset = inbox.ackWanted;
+    if (!(offset > inbox.acked)) return;
+    inbox.ackedAt = Date.now();
+    this._request('ack', { offset }).then((response) => {
+      if (response.code === OK) {
+        inbox.acked = Math.max(inbox.acked, offset);
+      } else if (response.code === NOT_LOGGED_IN) {
+        // acked after the next login
+      } else {
+        this._failed('ack', response);
+        inbox.acked = Math.max(inbox.acked, offset);   // not tried again
+      }
+    }, () => { /* the socket went: acked after the next login */ });
+  }
+
+  /** The page goes: the ack that waits for its interval goes now. */
+  _flushAck() {
+    const inbox = this._inbox;
+    if (!this._online || !this.deviceID || !(inbox.ackWanted > inbox.acked)) return;
+    clearTimeout(inbox.ackTimer);
+    inbox.ackTimer = null;
+    this._request('ack', { offset: inbox.ackWanted }).catch(() => {});
+    inbox.acked = inbox.ackWanted;
   }
 
   _release(r) {
@@ -618,7 +935,7 @@ export class IMClient extends EventTarget {
 
   _sendStatus(entry, status, extra = {}) {
     this._emit('send', Object.assign({
-      msgID: entry.msgID, room: entry.room, msg: entry.msg, type: entry.type, status,
+      msgID: entry.msgID, room: entry.room, to: entry.to, msg: entry.msg, type: entry.type, status,
       waiting: status === 'pending' && entry !== this._sending, attempts: entry.attempts
     }, extra));
   }
@@ -627,12 +944,14 @@ export class IMClient extends EventTarget {
   _pump() {
     if (this._sending || !this._online || !this._outbox.length) return;
     const entry = this._outbox[0];
-    if (entry.room !== '' && this._rooms.has(entry.room) && this._rooms.get(entry.room).joining) return;
+    if (!entry.to && entry.room !== '' && this._rooms.has(entry.room) && this._rooms.get(entry.room).joining) return;
     this._sending = entry;
     entry.attempts += 1;
     this._sendStatus(entry, 'pending');
-    const data = { room: entry.room, msg: entry.msg, type: entry.type, msgID: entry.msgID };
-    this._request('publish', data).then((response) => {
+    const cmd = entry.to ? 'send' : 'publish';
+    const data = entry.to ? { to: entry.to, msg: entry.msg, type: entry.type, msgID: entry.msgID }
+      : { room: entry.room, msg: entry.msg, type: entry.type, msgID: entry.msgID };
+    this._request(cmd, data).then((response) => {
       if (this._sending !== entry) return;
       this._sending = null;
       if (response.code === NOT_LOGGED_IN) {
@@ -644,10 +963,12 @@ export class IMClient extends EventTarget {
       this._outbox.shift();
       if (response.code === OK) {
         const reply = response.data || {};
+        if (entry.to) this._ownInboxPlace(reply.epoch, reply.offset);
         this._sendStatus(entry, 'sent', { duplicate: reply.duplicate === true,
-          offset: reply.offset, epoch: reply.epoch });
+          offset: reply.offset, epoch: reply.epoch, delivered: reply.delivered === true });
       } else {
-        this._sendStatus(entry, 'failed', this._codeOf(this._failed('publish', response, entry.room)));
+        const err = this._failed(cmd, response, entry.to ? undefined : entry.room);
+        this._sendStatus(entry, 'failed', this._codeOf(err));
       }
       this._pump();
     }, () => {

@@ -21,9 +21,13 @@ import json
 import os
 import re
 import secrets
+import struct
 import sys
 import time
 import traceback
+import urllib.parse
+import urllib.request
+import zlib
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -476,12 +480,14 @@ def rename(run, page, typed):
 
 
 def scenario_names(run, browser, http_url, out_dir):
-    """The name: ASCII by default, kept over reloads and room switches in one tab, another
-    in a new tab; the user chooses one (checked), and the room sees the change."""
+    """The name: ASCII by default, kept over reloads, room switches and in another tab of
+    the same browser (a device of its own: neither tab replaces the other); the user
+    chooses one (checked), and the room sees the change."""
     url = f"{http_url}/home/index?appID=101"
     context = browser.new_context()
     page = context.new_page()
     run.watch("A", page)
+    frames = Frames(page)
 
     run.step = "the default name"
     page.goto(url, wait_until="domcontentloaded")
@@ -499,11 +505,16 @@ def scenario_names(run, browser, http_url, out_dir):
     run.facts["after_room_switch"] = wait_online(run, page, "A online in room 102")
     run.facts["room_after_switch"] = page.evaluate(JS_PAGE_CONFIG)["appID"]
 
-    run.step = "another tab has its own name"
+    run.step = "another tab has the same name, as another device"
     other = context.new_page()
     run.watch("A2", other)
+    other_frames = Frames(other)
     other.goto(url, wait_until="domcontentloaded")
     run.facts["other_tab_name"] = wait_online(run, other, "second tab online")
+    page.wait_for_timeout(1000)
+    run.facts["first_tab_after_other"] = page.evaluate(JS_STATUS)
+    run.facts["devices"] = [[f["data"].get("deviceID") for f in frames.cmds("login")][-1],
+                            [f["data"].get("deviceID") for f in other_frames.cmds("login")][-1]]
     other.close()
 
     run.step = "names that cannot be used"
@@ -1135,6 +1146,300 @@ def scenario_named_room(run, browser, http_url, out_dir):
     ctx_c.close()
 
 
+# ---- private conversations, the offline inbox, images ----
+
+JS_CONVERSATIONS = """() => Array.from(document.querySelectorAll('[data-testid=conversation]'))
+    .map(e => e.getAttribute('data-user'))"""
+JS_CONV_UNREAD = """(user) => {
+    const entry = document.querySelector('[data-testid=conversation][data-user="' + CSS.escape(user) + '"]');
+    if (!entry) return null;
+    const badge = entry.querySelector('[data-testid=unread]');
+    return badge && !badge.hidden ? badge.textContent : '';
+}"""
+JS_SHOWN_CONVERSATION = """() => document.querySelector('[data-testid=messages]').getAttribute('data-conversation')"""
+JS_CONVERSATION_TEXTS = """(user) => {
+    const view = document.querySelector('ol.messages[data-conversation="' + CSS.escape(user) + '"]');
+    return view ? Array.from(view.querySelectorAll('[data-testid=message]')).map(e => e.textContent) : null;
+}"""
+JS_APP_TEXTS = """() => Array.from(document.querySelectorAll(
+    'ol.messages[data-room=""] [data-testid=message]')).map(e => e.textContent)"""
+JS_IMAGES = """() => Array.from(document.querySelectorAll('[data-testid=messages] [data-testid=message]'))
+    .filter(e => e.querySelector('img')).map(e => {
+        const img = e.querySelector('img');
+        return {from: e.getAttribute('data-from'), src: img.getAttribute('src'), testid: img.getAttribute('data-testid'),
+                complete: img.complete, width: img.naturalWidth, height: img.naturalHeight,
+                own: e.classList.contains('own'), pending: e.classList.contains('pending')};
+    })"""
+JS_ALL_IMGS = """() => document.querySelectorAll('img').length"""
+
+
+class Frames:
+    """Every frame a page sends and receives over /acc, parsed, watched and never touched."""
+
+    def __init__(self, page):
+        self.sent = []
+        self.received = []
+        page.on("websocket", self._socket)
+
+    def _socket(self, ws):
+        ws.on("framesent", lambda payload: self._keep(self.sent, payload))
+        ws.on("framereceived", lambda payload: self._keep(self.received, payload))
+
+    @staticmethod
+    def _keep(into, payload):
+        if not isinstance(payload, str):
+            return
+        try:
+            frame = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(frame, dict):
+            into.append(frame)
+
+    def cmds(self, cmd):
+        return [f for f in self.sent if f.get("cmd") == cmd]
+
+    def replies(self, cmd):
+        return [f.get("response", {}) for f in self.received if f.get("cmd") == cmd
+                and f.get("response", {}).get("codeMsg") != "Ok"]
+
+
+def open_watched(run, browser, label, url, other=None):
+    """open_chat, with the page's frames watched from its first socket on; ``other``: a
+    name the page must not have (random names: the same twice would replace)."""
+    context = browser.new_context()
+    page = context.new_page()
+    run.watch(label, page)
+    frames = Frames(page)
+    page.goto(url, wait_until="domcontentloaded")
+    name = wait_online(run, page, f"{label} online")
+    if other is not None and name == other:
+        raise StepFailed(f"both pages are named {name}")
+    return context, page, name, frames
+
+
+def open_conversation(run, page, user):
+    """Click ``user`` in the online list: the private conversation with them is shown."""
+    page.locator("[data-testid=online-list] [data-testid=online-user]"
+                 f"[data-name='{user}'] [data-testid=online-open]").click()
+    run.wait(page, f"() => ({JS_SHOWN_CONVERSATION})() === {json.dumps(user)}", None,
+             f"the conversation with {user} shown")
+
+
+def show_conversation(run, page, user):
+    page.locator(f"[data-testid=conversation][data-user='{user}'] .room-open").click()
+    run.wait(page, f"() => ({JS_SHOWN_CONVERSATION})() === {json.dumps(user)}", None,
+             f"the conversation with {user} shown")
+
+
+def tiny_png(width=3, height=2):
+    """A valid PNG of ``width`` x ``height`` red pixels."""
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def post_form(url, **form):
+    body = urllib.parse.urlencode(form).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=10) as res:
+        return json.loads(res.read().decode())
+
+
+def scenario_private(run, browser, http_url, out_dir):
+    """A opens a private conversation with B from the online list and writes; B sees the
+    conversation in the room list with an unread count, opens it, replies. Nobody else
+    sees it, and a reload shows the conversation again, from the inbox."""
+    url = f"{http_url}/home/index?appID=101"
+    ctx_b, page_b, name_b, frames_b = open_watched(run, browser, "B", url)
+    ctx_a, page_a, name_a = open_chat(run, browser, "A", url)
+    ctx_c, page_c, name_c = open_chat(run, browser, "C", url)
+    if len({name_a, name_b, name_c}) < 3:
+        raise StepFailed(f"two pages have one name: {name_a}, {name_b}, {name_c}")
+    tag = secrets.token_hex(3)
+
+    run.step = "A opens a conversation with B from the online list"
+    run.wait(page_a, JS_HAS_ONLINE, name_b, "B in A's list")
+    open_conversation(run, page_a, name_b)
+    run.facts["a_title"] = page_a.locator("[data-testid=room-name]").text_content()
+    run.facts["a_conversations"] = page_a.evaluate(JS_CONVERSATIONS)
+
+    run.step = "A writes to B"
+    lines_a = [f"psst {tag} {i}" for i in range(2)]
+    for line in lines_a:
+        say(page_a, line)
+        run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {line}", f"{line} sent")
+    run.wait(page_b, f"(user) => ({JS_CONV_UNREAD})(user) === '2'", name_a, "B's unread count of 2")
+    run.facts["b_conversations"] = page_b.evaluate(JS_CONVERSATIONS)
+    run.facts["b_shown_before"] = page_b.evaluate(JS_SHOWN_ROOM)
+    run.facts["b_app_texts"] = page_b.evaluate(JS_APP_TEXTS)
+    run.facts["c_texts"] = page_c.evaluate(JS_ALL_TEXTS)
+    run.facts["c_conversations"] = page_c.evaluate(JS_CONVERSATIONS)
+
+    run.step = "B opens the conversation and replies"
+    show_conversation(run, page_b, name_a)
+    run.facts["b_unread_after_open"] = page_b.evaluate(JS_CONV_UNREAD, name_a)
+    run.facts["b_texts"] = page_b.evaluate(JS_TEXTS)
+    reply = f"hi back {tag}"
+    say(page_b, reply)
+    run.wait(page_b, JS_MESSAGE_SENT, f"{name_b}: {reply}", "B's reply sent")
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {reply}", False], "B's reply on A")
+    run.facts["a_unread_shown"] = page_a.evaluate(JS_CONV_UNREAD, name_b)
+    run.facts["a_texts"] = page_a.evaluate(JS_TEXTS)
+    run.facts["send_frames"] = [sorted(f["data"]) for f in frames_b.cmds("send")]
+    page_b.wait_for_timeout(1500)  # the batched ack goes out
+    run.facts["b_acks"] = [f["data"]["offset"] for f in frames_b.cmds("ack")]
+    run.facts["b_logins"] = [f["data"].get("deviceID") for f in frames_b.cmds("login")]
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-private.png"))
+
+    run.step = "A reloads: the conversation and its messages are there"
+    page_a.reload(wait_until="domcontentloaded")
+    wait_online(run, page_a, "A online after the reload")
+    run.facts["a_conversations_after_reload"] = page_a.evaluate(JS_CONVERSATIONS)
+    show_conversation(run, page_a, name_b)
+    run.wait(page_a, JS_HAS_MESSAGE, [f"{name_b}: {reply}", False], "the reply from the inbox")
+    run.facts["a_texts_after_reload"] = page_a.evaluate(JS_TEXTS)
+    run.facts["lines"] = {"a": [f"{name_a}: {t}" for t in lines_a], "reply": f"{name_b}: {reply}",
+                          "names": [name_a, name_b, name_c]}
+    ctx_a.close()
+    ctx_b.close()
+    ctx_c.close()
+
+
+def scenario_offline_inbox(run, browser, http_url, out_dir):
+    """B closes its page; A writes meanwhile. B comes back in the same browser (same name,
+    same device): the lines arrive at login, counted as unread, shown once; acknowledged,
+    they do not come again."""
+    url = f"{http_url}/home/index?appID=101"
+    ctx_b, page_b, name_b, frames_b = open_watched(run, browser, "B", url)
+    ctx_a, page_a, name_a = open_chat(run, browser, "A", url)
+    if name_a == name_b:
+        raise StepFailed(f"both pages are named {name_a}")
+    run.wait(page_a, JS_HAS_ONLINE, name_b, "A lists B")
+    tag = secrets.token_hex(3)
+
+    run.step = "A writes to B, who reads it"
+    open_conversation(run, page_a, name_b)
+    first = f"before you left {tag}"
+    say(page_a, first)
+    run.wait(page_b, f"(user) => ({JS_CONV_UNREAD})(user) === '1'", name_a, "B's unread count of 1")
+    show_conversation(run, page_b, name_a)
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {first}", False], "the first line on B")
+
+    run.step = "B closes the page"
+    page_b.wait_for_timeout(300)
+    page_b.close()
+    run.wait(page_a, f"(name) => !({JS_HAS_ONLINE})(name)", name_b, "B gone from A's list")
+
+    run.step = "A writes while B is away"
+    missed = [f"while you were away {tag} {i}" for i in range(3)]
+    for line in missed:
+        say(page_a, line)
+        run.wait(page_a, JS_MESSAGE_SENT, f"{name_a}: {line}", f"{line} sent")
+
+    run.step = "B comes back in the same browser"
+    page_b = ctx_b.new_page()
+    run.watch("B again", page_b)
+    frames_b2 = Frames(page_b)
+    page_b.goto(url, wait_until="domcontentloaded")
+    run.facts["b_name_again"] = wait_online(run, page_b, "B online again")
+    run.wait(page_b, f"(user) => ({JS_CONV_UNREAD})(user) === '3'", name_a, "B's unread count of 3")
+    run.facts["b_app_texts"] = page_b.evaluate(JS_APP_TEXTS)
+    show_conversation(run, page_b, name_a)
+    for line in missed:
+        run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {line}", False], f"{line} on B")
+    run.wait(page_b, JS_HAS_MESSAGE, [f"{name_a}: {first}", False], "the first line from the inbox")
+    page_b.wait_for_timeout(300)
+    run.facts["b_texts"] = page_b.evaluate(JS_TEXTS)
+    run.facts["b_unread_after_open"] = page_b.evaluate(JS_CONV_UNREAD, name_a)
+    run.facts["login_replies"] = [r.get("data") for r in frames_b2.replies("login")]
+    page_b.wait_for_timeout(1500)  # the batched ack
+    run.facts["acks"] = [f["data"]["offset"] for f in frames_b2.cmds("ack")]
+    if out_dir:
+        page_b.screenshot(path=os.path.join(out_dir, "chat-offline-inbox.png"))
+
+    run.step = "B reloads: nothing comes again"
+    before_reload = len(frames_b2.received)
+    page_b.reload(wait_until="domcontentloaded")
+    wait_online(run, page_b, "B online after the reload")
+    page_b.wait_for_timeout(800)
+    run.facts["unread_after_reload"] = page_b.evaluate(JS_CONV_UNREAD, name_a)
+    run.facts["login_replies_after_reload"] = [
+        f["response"].get("data") for f in frames_b2.received[before_reload:]
+        if f.get("cmd") == "login"]
+    run.facts["devices"] = [f["data"].get("deviceID") for f in
+                            frames_b.cmds("login") + frames_b2.cmds("login")]
+    run.facts["a_online"] = page_a.evaluate(JS_STATUS)
+    run.facts["lines"] = {"first": f"{name_a}: {first}", "missed": [f"{name_a}: {t}" for t in missed],
+                          "names": [name_a, name_b]}
+    ctx_a.close()
+    ctx_b.close()
+
+
+def scenario_image(run, browser, http_url, out_dir):
+    """A attaches a PNG: it is uploaded and sent as an image message, shown inline on A and
+    on B. Messages of other types, and image messages whose URL is not one of this
+    server's files, are shown as text."""
+    url = f"{http_url}/home/index?appID=101"
+    ctx_b, page_b, name_b = open_chat(run, browser, "B", url)
+    ctx_a, page_a, name_a, frames_a = open_watched(run, browser, "A", url, other=name_b)
+    run.wait(page_a, JS_HAS_ONLINE, name_b, "A lists B")
+
+    run.step = "A attaches an image in the app room"
+    png = tiny_png(3, 2)
+    page_a.locator("[data-testid=file-input]").set_input_files(
+        files=[{"name": "red.png", "mimeType": "image/png", "buffer": png}])
+    loaded = """(own) => Array.from(document.querySelectorAll('[data-testid=messages] [data-testid=message]'))
+        .some(e => e.classList.contains('own') === own && !e.classList.contains('pending')
+              && e.querySelector('img') && e.querySelector('img').complete
+              && e.querySelector('img').naturalWidth > 0)"""
+    run.wait(page_a, loaded, True, "the image shown on A, sent")
+    run.wait(page_b, loaded, False, "the image shown on B")
+    run.facts["a_images"] = page_a.evaluate(JS_IMAGES)
+    run.facts["b_images"] = page_b.evaluate(JS_IMAGES)
+    run.facts["publishes"] = [{k: f["data"].get(k) for k in ("type", "msg")} for f in frames_a.cmds("publish")]
+
+    run.step = "A sends B an image privately"
+    open_conversation(run, page_a, name_b)
+    page_a.locator("[data-testid=file-input]").set_input_files(
+        files=[{"name": "dot.png", "mimeType": "image/png", "buffer": tiny_png(1, 1)}])
+    run.wait(page_a, loaded, True, "the private image shown on A")
+    run.wait(page_b, f"(user) => ({JS_CONV_UNREAD})(user) === '1'", name_a, "B's unread count")
+    show_conversation(run, page_b, name_a)
+    run.wait(page_b, loaded, False, "the private image on B")
+    run.facts["b_private_images"] = page_b.evaluate(JS_IMAGES)
+
+    run.step = "other types and foreign image URLs are text"
+    backend = f"backend{secrets.token_hex(2)}"
+    foreign = "http://example.com/files/AAAAAAAAAAAAAAAAAAAAAAAA.png"
+    post_form(f"{http_url}/user/sendMessage", appID="101", userID=name_b, message=foreign,
+              type="image", msgID=f"img-{secrets.token_hex(4)}", **{"from": backend})
+    post_form(f"{http_url}/user/sendMessage", appID="101", userID=name_b, message="a sticker",
+              type="sticker", msgID=f"st-{secrets.token_hex(4)}", **{"from": backend})
+    run.wait(page_b, f"(user) => ({JS_CONV_UNREAD})(user) === '2'", backend, "the back end's two messages")
+    show_conversation(run, page_b, backend)
+    run.facts["backend_texts"] = page_b.evaluate(JS_TEXTS)
+    run.facts["backend_images"] = page_b.evaluate(JS_IMAGES)
+    run.facts["names"] = [name_a, name_b, backend]
+    run.facts["foreign"] = foreign
+
+    run.step = "a file that is not an image is refused, in the page's words"
+    page_a.locator("[data-testid=file-input]").set_input_files(
+        files=[{"name": "cat.png", "mimeType": "image/png", "buffer": b"<html>not a cat</html>"}])
+    run.wait(page_a, """() => Array.from(document.querySelectorAll('[data-testid=messages] .notice.error'))
+        .some(e => e.textContent.startsWith('Image not sent: '))""", what="the refusal notice")
+    run.facts["refusal"] = [t for t in page_a.evaluate(JS_ERROR_NOTICES) if t.startswith("Image not sent")]
+    if out_dir:
+        page_a.screenshot(path=os.path.join(out_dir, "chat-image.png"))
+    ctx_a.close()
+    ctx_b.close()
+
+
 SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenario_refused,
              "reconnect": scenario_reconnect, "send-errors": scenario_send_errors,
              "names": scenario_names, "unknown-room": scenario_unknown_room,
@@ -1142,7 +1447,9 @@ SCENARIOS = {"chat": scenario_chat, "mobile": scenario_mobile, "refused": scenar
              "send-while-down": scenario_send_while_down, "answer-lost": scenario_answer_lost,
              "store-down": scenario_store_down, "given-up": scenario_given_up,
              "history": scenario_history, "restart": scenario_restart,
-             "recovery": scenario_recovery, "named-room": scenario_named_room}
+             "recovery": scenario_recovery, "named-room": scenario_named_room,
+             "private": scenario_private, "offline-inbox": scenario_offline_inbox,
+             "image": scenario_image}
 
 
 def main(argv=None):
