@@ -268,3 +268,127 @@ def test_recovery_scenario_loses_and_repeats_nothing(tmp_path):
     # everything it started is gone
     pids = r["meta"]["pids"]
     assert not any(alive(p) for p in [pids["redis"], *pids["a"], *pids["b"]])
+
+
+def _need_redis():
+    import shutil
+
+    import pytest
+
+    from imserver.bench.harness import redis_server_path
+
+    if redis_server_path() is None and shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+
+
+def _gone(results):
+    from imserver.bench.harness import alive
+
+    pids = results["meta"]["pids"]
+    started = [results["meta"].get("client_pids") or []]
+    started += [pids[k] if isinstance(pids[k], list) else [pids[k]] for k in pids]
+    return not any(alive(p) for group in started for p in group)
+
+
+def _private(tmp_path, nodes, *extra):
+    out = tmp_path / f"private-{nodes}"
+    t0 = time.monotonic()
+    proc = bench("private", "--nodes", str(nodes), "-n", "20", "--senders", "4",
+                 "--messages", "60", "--rate", "40", "--wait", "5", "--quiet",
+                 "--max-seconds", "60", "--out", str(out), *extra, timeout=90)
+    return proc, json.loads((out / "results.json").read_text()), time.monotonic() - t0
+
+
+def test_private_scenario_on_one_node_delivers_each_message_once(tmp_path):
+    """``private`` at small scale on an embedded node: HTTP and WebSocket private messages
+    each read once by their receiver, with latencies."""
+    proc, r, seconds = _private(tmp_path, 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert seconds < 30
+    assert r["verdict"] == {"ok": True, "problems": []}, r["verdict"]
+    for phase in ("http", "ws"):
+        p = r["phases"][phase]
+        assert p["sent"] == p["accepted"] == p["received"] == p["received_once"] == 60, p
+        assert p["lost"] == p["duplicated"] == p["misrouted"] == 0, p
+        assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p99"] <= p["latency_ms"]["max"]
+    assert r["phases"]["http"]["send_results_true"] == 60
+    assert r["phases"]["ws"]["delivered_true"] == 60
+    assert r["messages"] == {"lost": 0, "duplicated": 0, "misrouted": 0, "unexpected": 0,
+                             "out_of_order": 0}
+    assert _gone(r)
+
+
+def test_private_scenario_on_two_nodes_delivers_each_message_once(tmp_path):
+    _need_redis()
+    proc, r, seconds = _private(tmp_path, 2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert seconds < 30
+    for phase in ("http", "ws"):
+        p = r["phases"][phase]
+        assert p["accepted"] == p["received_once"] == 60 and p["lost"] == p["duplicated"] == 0, p
+        assert set(p["server_cpu"]) == {"A", "B"}
+    assert r["verdict"]["ok"], r["verdict"]
+    assert _gone(r)
+
+
+def test_private_scenario_reports_messages_it_did_not_read(tmp_path):
+    # The clients throw away every 7th private message: the run must say so and fail.
+    proc, r, _ = _private(tmp_path, 1, "--discard-every", "7", "--wait", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lost = r["messages"]["lost"]
+    assert lost == 120 // 7, r["messages"]
+    assert r["phases"]["http"]["lost"] + r["phases"]["ws"]["lost"] == lost
+    assert not r["verdict"]["ok"] and "lost" in r["verdict"]["problems"][0]
+
+
+def _offline(tmp_path, nodes, *extra):
+    out = tmp_path / f"offline-{nodes}"
+    t0 = time.monotonic()
+    proc = bench("offline", "--nodes", str(nodes), "-n", "20", "--per-user", "10",
+                 "--login-rate", "50", "--recheck", "5", "--settle", "0.5", "--wait", "5",
+                 "--quiet", "--max-seconds", "60", "--out", str(out), *extra, timeout=90)
+    return proc, json.loads((out / "results.json").read_text()), time.monotonic() - t0
+
+
+def _offline_ok(r):
+    m = r["messages"]
+    assert r["store"]["stored"] == 200 and r["store"]["refused"] == {}, r["store"]
+    assert m["expected"] == m["received"] == 200, m
+    assert m["messages_per_user"] == {"10": 20}, m
+    assert (m["lost"], m["duplicated"], m["out_of_order"], m["wrong_offset"],
+            m["unexpected"], m["login_replies_not_matching_the_inbox"]) == (0,) * 6, m
+    t = r["times_ms"]
+    assert 0 < t["connect_to_last_message_per_user"]["max"] <= t["first_login_to_last_message"]
+    assert r["ack_recheck"]["acks"] == {"200": 20}
+    assert r["ack_recheck"]["relogins"] == 5 and r["ack_recheck"]["relogins_not_clean"] == 0
+    assert r["verdict"] == {"ok": True, "problems": []}, r["verdict"]
+
+
+def test_offline_scenario_on_one_node_delivers_the_inbox_once_in_order(tmp_path):
+    """``offline`` at small scale, embedded: 10 messages stored for each of 20 offline
+    users, who log in with a deviceID and get each once, in offset order."""
+    proc, r, seconds = _offline(tmp_path, 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert seconds < 30
+    _offline_ok(r)
+    assert r["memory"]["nodes"]["A"]["worker_rss_kb_after"] > 0
+    assert _gone(r)
+
+
+def test_offline_scenario_on_two_nodes_delivers_the_inbox_once_in_order(tmp_path):
+    _need_redis()
+    proc, r, seconds = _offline(tmp_path, 2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert seconds < 30
+    _offline_ok(r)
+    rd = r["memory"]["redis"]
+    assert rd["used_memory_after"] > rd["used_memory_before"] and rd["bytes_per_message"] > 0
+    assert _gone(r)
+
+
+def test_offline_scenario_reports_messages_it_did_not_read(tmp_path):
+    proc, r, _ = _offline(tmp_path, 1, "--discard-every", "9", "--wait", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert r["messages"]["lost"] == 200 // 9, r["messages"]
+    assert r["messages"]["received"] == 200 - 200 // 9
+    assert not r["verdict"]["ok"]

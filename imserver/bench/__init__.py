@@ -16,6 +16,8 @@ protocol (WebSocket + HTTP API) and measures it.
 - ``cli`` and ``options``: the command line;
 - ``soak``: ``python -m imserver.bench soak``, a long run that starts its own Redis and
   two nodes and injects faults;
+- ``inbox``: ``python -m imserver.bench private`` and ``offline``, private messages and the
+  inbox on one embedded node or on Redis and two nodes that they start themselves;
 - ``harness``: starting and stopping nodes, redis-server and the peers by pid, for the
   soak and the test suite alike;
 - ``send_floor``: ``python -m imserver.bench.send_floor``, the kernel's cost of one

@@ -15,6 +15,7 @@ import gevent
 from . import procstat, report
 from . import soak  # the soak scenario (imserver/bench/soak/) runs its own processes
 from . import recovery  # so does the recovery scenario (imserver/bench/recovery/)
+from . import inbox  # and the private/offline scenarios (imserver/bench/inbox/)
 from .drivers import SOCKETIO_PATH
 from .options import add_options, plus_default
 from .scenarios import ORDER, Bench, NothingConnected
@@ -59,6 +60,12 @@ scenarios:
   recovery   self-contained (own Redis and two nodes): node A drained while a room gets
              messages through node B; its clients rejoin on B with `since`: lost/duplicated,
              recovery times, Redis commands per message (see `recovery --help`)
+  private    self-contained (one embedded node, or Redis and two nodes): private messages to
+             online users at --rate/s via /user/sendMessage and WebSocket send; latency to the
+             receiver's frame, each message exactly once (see `private --help`)
+  offline    self-contained: messages stored for offline users, who then log in with a
+             deviceID at --login-rate/s: each message once and in offset order, time to the
+             last, memory per stored message (see `offline --help`)
 """
 
 
@@ -167,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     # -- soak: self-contained (starts Redis and two nodes itself); options of its own --------
     soak.add_parser(sub)
     recovery.add_parser(sub)
+    inbox.add_parsers(sub)
     return parser
 
 
@@ -306,6 +314,8 @@ def main(argv=None) -> int:
         return soak.main(args, argv)
     if args.scenario == recovery.NAME:
         return recovery.main(args, argv)
+    if args.scenario in inbox.NAMES:
+        return inbox.main(args, argv)
     ws_urls, http_targets = _targets(parser, args)
     remote = [(u, h) for u, h in _hosts(ws_urls + [args.http] + http_targets) if not is_loopback(h)]
     if remote and not args.allow_remote:

@@ -348,8 +348,9 @@ class Worker:
         return {"closed": len(conns), "cut_after_timeout": cut, "stats": self.cmd_stats()}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imserver.bench.client",
+def main(argv=None, worker_class=None, prog="python -m imserver.bench.client") -> int:
+    """Run a worker process: ``worker_class`` (default ``Worker``) answers the commands."""
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="imserver.bench client worker (JSON lines on stdin/stdout)")
     parser.add_argument("--id", type=int, default=0, help="worker number (user IDs b<id>-<i>)")
     parser.add_argument("--max-seconds", type=float, default=900.0,
@@ -370,7 +371,7 @@ def main(argv=None) -> int:
 
     gevent.spawn_later(args.max_seconds, bail)
 
-    worker = Worker(args.id)
+    worker = (worker_class or Worker)(args.id)
     stdin = FileObjectPosix(sys.stdin.fileno(), "rb", close=False)
     stdout = FileObjectPosix(sys.stdout.fileno(), "wb", close=False)
     write_lock = Semaphore()

@@ -28,13 +28,16 @@ class WorkerError(Exception):
 
 
 class WorkerProcess:
-    def __init__(self, wid: int, max_seconds: float):
+    """``python -m <module> --id wid``: ``imserver.bench.client`` or a module whose worker
+    extends its commands (``client.main(worker_class=...)``)."""
+
+    def __init__(self, wid: int, max_seconds: float, module: str = "imserver.bench.client"):
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         self.wid = wid
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imserver.bench.client", "--id", str(wid),
+            [sys.executable, "-m", module, "--id", str(wid),
              "--max-seconds", str(int(max_seconds))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
         self.pid = self.proc.pid
@@ -99,8 +102,8 @@ class WorkerProcess:
 class Workers:
     """``k`` client worker processes."""
 
-    def __init__(self, k: int, max_seconds: float):
-        self.procs = [WorkerProcess(i, max_seconds) for i in range(k)]
+    def __init__(self, k: int, max_seconds: float, module: str = "imserver.bench.client"):
+        self.procs = [WorkerProcess(i, max_seconds, module) for i in range(k)]
         for w in self.procs:
             w.call("hello", timeout=60)
 
