@@ -223,3 +223,16 @@ def test_a_silent_redis_trips_the_breaker(contract_redis):
         bounded.call(bounded.redis.blpop, "nothing-here", 1)
     with pytest.raises(StoreError, match="unreachable a moment ago"):
         bounded.call(bounded.redis.ping)
+
+
+def test_a_call_that_waited_for_a_pooled_connection_does_not_trip_the_breaker(contract_redis):
+    """Every pooled connection busy (a burst): the call that found none in time fails, and
+    the next call goes to Redis as usual."""
+    from imserver.cluster.redis_store import BoundedRedis, connection_pool
+    bounded = BoundedRedis(connection_pool("", contract_redis.addr, "", 0, 2, 0.3), 0.3)
+    holders = [gevent.spawn(bounded.redis.blpop, f"nothing-{i}", 1) for i in range(2)]
+    gevent.sleep(0.05)  # both connections are taken
+    with pytest.raises(StoreError, match="redis.poolSize"):
+        bounded.call(bounded.redis.ping)
+    gevent.joinall(holders, timeout=3)
+    assert bounded.call(bounded.redis.ping) is True  # not failing fast

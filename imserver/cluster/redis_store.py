@@ -129,14 +129,29 @@ class BoundedRedis:
                 REDIS_ERRORS.inc()
                 raise StoreError(f"redis: no answer within redis.timeout ({self.timeout:g}s) "
                                  "while this process was too busy to read it") from None
+            if self._pool_taken():
+                raise self._busy() from None
             raise self._unreachable(f"no answer within redis.timeout ({self.timeout:g}s)") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if self._pool_taken():
+                raise self._busy() from None
             raise self._unreachable(f"{exc.__class__.__name__}: {exc}") from None
         except redis.RedisError as exc:
             REDIS_ERRORS.inc()
             raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from None
         finally:
             deadline.close()
+
+    def _pool_taken(self) -> bool:
+        """Every connection of the pool is in use: a call that waited for one says nothing
+        of Redis itself (a burst of logins, not a silent Redis)."""
+        idle = getattr(self.redis.connection_pool, "pool", None)  # BlockingConnectionPool's
+        return idle is not None and idle.empty()
+
+    def _busy(self) -> StoreError:
+        REDIS_ERRORS.inc()
+        return StoreError(f"redis: no pooled connection free within redis.timeout "
+                          f"({self.timeout:g}s): redis.poolSize may be too small for this load")
 
     def _unreachable(self, reason: str) -> StoreError:
         REDIS_ERRORS.inc()
