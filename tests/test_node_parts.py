@@ -254,3 +254,38 @@ def test_a_throttled_log_writes_one_line_per_interval_with_the_count(caplog):
         assert line("c") is True
     assert [r.getMessage() for r in caplog.records] == [
         "refused a", "refused c (5 more like it in the last 10s)"]
+
+
+class FlakyPublishRelay(RecordingRelay):
+    """Publish: the first call to each peer is not answered (a slow peer), later ones are."""
+
+    def __init__(self):
+        super().__init__()
+        self.publishes = []
+
+    def publish(self, peers, message, timeout=None):
+        self.publishes.append((list(peers), message))
+        first = len(self.publishes) == 1
+        failures = [RelayError(p, f"{p} Publish: DEADLINE_EXCEEDED") for p in peers] if first else []
+        return ({} if first else {p: 1 for p in peers}), failures
+
+
+def test_a_stored_message_a_peer_did_not_take_is_offered_once_more(monkeypatch):
+    import gevent
+    from imserver.node import delivery
+    monkeypatch.setattr(delivery, "RELAY_RETRY_AFTER", 0.05)
+    cfg = load_config("/dev/null", env={})
+    store, relay = MemoryPresenceStore(), FlakyPublishRelay()
+    node = Node(cfg, store, relay, Auth(cfg), "10.0.0.7")
+    store.report_node("10.0.0.8:9001")
+    stored = node.history.append(Message(101, "s-3", "msg", "kept", "ops"))
+    assert stored.offset == 1
+    assert node.delivery.push_to_room(stored) == ["10.0.0.8:9001"]
+    gevent.sleep(0.2)
+    assert relay.publishes == [(["10.0.0.8:9001"], stored)] * 2
+    # a message that was not stored is not offered again (nothing to tell a repeat by)
+    relay.publishes.clear()  # its first call is not answered
+    unstored = Message(101, "s-4", "msg", "live", "ops", room="lobby")
+    assert node.delivery.push_to_room(unstored) == ["10.0.0.8:9001"]
+    gevent.sleep(0.2)
+    assert relay.publishes == [(["10.0.0.8:9001"], unstored)]

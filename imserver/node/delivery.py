@@ -21,6 +21,10 @@ log = logging.getLogger("imserver.node")
 relay_failure_log = ThrottledLog(log, logging.WARNING, "relay: %s", every=5.0)
 
 RELAY_CONCURRENCY = 64  # background relays (presence events) under way at once
+# A stored message a live peer did not take is offered to it once more this much later: a
+# peer delivers each offset once, so a second offer is harmless, and a member who is online
+# there gets it then rather than at the room's next message.
+RELAY_RETRY_AFTER = 1.0
 PRESENCE_TEXT = {"enter": ENTER_MESSAGE, "exit": EXIT_MESSAGE}
 OWNER_SEPARATOR = "\x1f"  # the unit separator, in a user's own msgID claims
 
@@ -147,6 +151,7 @@ class Delivery(PeerService):
                 local.peer_members.update(members)
                 for exc in failures:
                     local.peer_members.pop(exc.peer, None)
+            self._offer_again(failures, message)
         else:
             failures = self.relay.broadcast(peers, message)
         if failures:
@@ -204,7 +209,22 @@ class Delivery(PeerService):
         members, failures = self.relay.publish(homes, message)
         if failures:
             self.relay_failed(failures)
+            self._offer_again(failures, message)
         return delivered or any(n > 0 for n in members.values()), failures
+
+    def _offer_again(self, failures, message: Message) -> None:
+        """One more Publish, later, of a stored message to the live peers that did not take
+        it (a peer that is gone is not asked again)."""
+        peers = [exc.peer for exc in failures if not exc.unreachable]
+        if not message.offset or not peers:
+            return
+
+        def again():
+            failed = self.relay.publish(peers, message)[1]
+            if failed:
+                self.relay_failed(failed)
+
+        gevent.spawn_later(RELAY_RETRY_AFTER, again)
 
     def relay_failed(self, failures) -> None:
         """Log failed calls to peers; take the unreachable ones (nothing listens at their
