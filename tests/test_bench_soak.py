@@ -63,11 +63,14 @@ def test_short_soak_with_a_redis_restart_and_a_node_kill(tmp_path):
     assert u["accepted"] > 100 and u["delivered"] == u["accepted"], u
     assert u["missing"] == 0 and u["to_the_wrong_user"] == 0 and u["duplicates"] == 0, u
     assert u["sent"] == u["accepted"] + u["refused"]
-    # The events showed: cross-node sends refused while Redis was down, sends into the
-    # killed node B refused; sends entering A (the steady users' node) always accepted.
+    # The events showed: sends refused while Redis was down (a private message is accepted
+    # once it is in the receiver's inbox), sends into the killed node B refused; sends
+    # entering A (the steady users' node) refused only while Redis was down.
     assert u["refused_by_answer"].get("1004", 0) > 0, u
     assert u["refused_by_answer"].get("error ConnectionRefusedError", 0) > 0, u
-    assert u["by_entry"]["A"].get("refused", 0) == 0, u
+    by_phase = u["refused_by_phase"]
+    store_down = by_phase.get("redis_down: 1004", 0) + by_phase.get("redis_recovery: 1004", 0)
+    assert u["by_entry"]["A"].get("refused", 0) <= store_down, u
     assert u["refused_outside_events"] == 0, u["refused_by_phase"]
     assert u["by_entry"]["B"].get("accepted", 0) > 0, u
     assert 0 < u["latency_ms"]["p50"] <= u["latency_ms"]["max"] < 10_000, u
