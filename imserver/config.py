@@ -97,6 +97,33 @@ def _redis_url(v):
     return v
 
 
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+def _host_ports(v):
+    """A list of ``host:port`` (Redis Cluster seed nodes, Sentinels): a YAML list, or one
+    string of them separated by commas (as an environment variable gives them)."""
+    if v is None or v == "" or v == []:
+        return ()
+    if isinstance(v, str) and v.lstrip().startswith("["):
+        try:
+            v = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ValueError("must be a list of host:port, e.g. [10.0.0.1:7000, 10.0.0.2:7000] "
+                             "or 10.0.0.1:7000,10.0.0.2:7000") from None
+    items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+    if not isinstance(items, list) or not items:
+        raise ValueError("must be a list of host:port, e.g. [10.0.0.1:7000, 10.0.0.2:7000]")
+    found = []
+    for item in items:
+        match = _HOST_PORT.fullmatch(item) if isinstance(item, str) else None
+        if match is None or not 1 <= int(match.group(2)) <= 65535:
+            raise ValueError(f"must be a list of host:port, e.g. [10.0.0.1:7000, 10.0.0.2:7000]; "
+                             f"{item!r} is not one")
+        found.append(item)
+    return tuple(found)
+
+
 MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
@@ -182,6 +209,9 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
     "app.uploadDir": ("uploads", _directory),
     "redis.addr": ("", _str),
     "redis.url": ("", _redis_url),
+    "redis.cluster": ((), _host_ports),
+    "redis.sentinels": ((), _host_ports),
+    "redis.masterName": ("", _str),
     "redis.password": ("", _str),
     "redis.DB": (0, _int_at_least(0)),
     "redis.poolSize": (30, _int_at_least(1)),
@@ -198,7 +228,7 @@ SCHEMA: "dict[str, tuple[Any, Callable[[Any], Any]]]" = {
 SECRET_KEYS = frozenset(("auth.secret", "auth.apiKey", "auth.rpcSecret"))
 
 _BY_FOLDED = {k.lower(): k for k in SCHEMA}
-_TEXT_CHECKS = (_str, _redis_url, _directory)
+_TEXT_CHECKS = (_str, _redis_url, _directory, _host_ports)
 SECTIONS = ("app", "redis", "auth")
 
 
@@ -382,6 +412,7 @@ def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = N
         except ValueError as exc:
             shown = "(not shown)" if key in SECRET_KEYS else repr(value)
             raise ConfigError(f"{key} {exc}, got {shown} (from {source})") from None
+    _check_redis_store(cfg)
     clustered = is_cluster(cfg)
     ports = [cfg["app.httpPort"], cfg["app.webSocketPort"]]
     if clustered:
@@ -397,6 +428,38 @@ def load_config(path: Optional[str] = None, env: Optional[Mapping[str, str]] = N
     return cfg
 
 
+def _check_redis_store(cfg: dict) -> None:
+    """Exactly one key names the store: one instance, a Redis Cluster or Sentinels."""
+    named = [name for name, given in (
+        ("redis.addr" if not cfg["redis.url"] else "redis.url",
+         cfg["redis.addr"] or cfg["redis.url"]),
+        ("redis.cluster", cfg["redis.cluster"]),
+        ("redis.sentinels", cfg["redis.sentinels"])) if given]
+    if len(named) > 1:
+        raise ConfigError(f"{' and '.join(named)} are set together: set only one of redis.addr "
+                          "(or redis.url: one Redis), redis.cluster (a Redis Cluster) and "
+                          "redis.sentinels (a master watched by Sentinels)")
+    if cfg["redis.sentinels"] and not cfg["redis.masterName"]:
+        raise ConfigError("redis.sentinels needs redis.masterName: the name of the master the "
+                          "Sentinels watch (sentinel monitor <name> ...)")
+    if cfg["redis.masterName"] and not cfg["redis.sentinels"]:
+        raise ConfigError("redis.masterName is set without redis.sentinels: list the Sentinels "
+                          "(host:port) that watch it")
+    if cfg["redis.cluster"] and cfg["redis.DB"] != 0:
+        raise ConfigError("redis.DB must be 0 with redis.cluster: a Redis Cluster has only "
+                          "database 0")
+
+
+def redis_mode(cfg: dict) -> str:
+    """Which store the config names: "", "single", "cluster" or "sentinel"."""
+    if cfg["redis.cluster"]:
+        return "cluster"
+    if cfg["redis.sentinels"]:
+        return "sentinel"
+    return "single" if cfg["redis.addr"] or cfg["redis.url"] else ""
+
+
 def is_cluster(cfg: dict) -> bool:
-    """Cluster mode is on when a Redis is configured."""
-    return bool(cfg["redis.addr"] or cfg["redis.url"])
+    """Cluster mode is on when a Redis is configured: one instance, a Redis Cluster or
+    Sentinels."""
+    return bool(redis_mode(cfg))

@@ -9,7 +9,7 @@ import time
 import gevent
 
 from .auth import Auth
-from .config import is_cluster
+from .config import is_cluster, redis_mode
 from .node import Node
 
 log = logging.getLogger("imserver")
@@ -56,16 +56,15 @@ def build_node(cfg: dict) -> Node:
     from .cluster.grpc_relay import enable_gevent
     enable_gevent()  # before any gRPC object exists
     from .cluster.grpc_relay import GrpcRelay, start_server
-    from .cluster.redis_store import RedisPresenceStore, connection_pool
+    from .cluster.redis_store import RedisPresenceStore, client_from_config
     from .cluster.redis_streams import RedisStreamStore
 
-    store = RedisPresenceStore(connection_pool(
-        cfg["redis.url"], cfg["redis.addr"], cfg["redis.password"], cfg["redis.DB"],
-        cfg["redis.poolSize"], cfg["redis.timeout"]), cfg["redis.timeout"])
+    store = RedisPresenceStore(client_from_config(cfg), cfg["redis.timeout"])
     gevent.spawn(store.warm_up, cfg["redis.minIdleConns"])
     relay = GrpcRelay(cfg["app.rpcTimeout"], metadata=auth.rpc_metadata())
+    replicated = redis_mode(cfg) in ("cluster", "sentinel")  # appends wait for a replica
     node = Node(cfg, store, relay, auth, advertise_ip, rpc_port,
-                streams=RedisStreamStore(store.bounded))
+                streams=RedisStreamStore(store.bounded, wait_replicas=1 if replicated else 0))
     node.on_stop(store.close)
     node.on_stop(relay.close)
     server = start_server(node.delivery, cfg["app.rpcHost"], rpc_port, secrets=auth.rpc_secrets)

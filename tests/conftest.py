@@ -102,3 +102,39 @@ def start_cluster_node(make_cluster_node, free_rpc_ports):
         return proc
 
     return start
+
+
+@pytest.fixture(scope="module")
+def contract_redis_cluster(tmp_path_factory):
+    """A real Redis Cluster (3 masters, a replica each) for a module of contract tests."""
+    from cluster_support import RedisClusterGroup
+    group = RedisClusterGroup(tmp_path_factory.mktemp("contract-cluster"), replicas=1).start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="module")
+def contract_redis_sentinel(tmp_path_factory):
+    """A real master, one replica and three Sentinels for a module of contract tests."""
+    from cluster_support import SentinelGroup
+    group = SentinelGroup(tmp_path_factory.mktemp("contract-sentinel")).start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """A fresh Redis Cluster of 3 masters and 3 replicas for one test (failovers)."""
+    from cluster_support import RedisClusterGroup
+    group = RedisClusterGroup(tmp_path, replicas=1).start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path):
+    """A fresh master, replica and three Sentinels for one test (failovers)."""
+    from cluster_support import SentinelGroup
+    group = SentinelGroup(tmp_path).start()
+    yield group
+    group.stop()

@@ -23,7 +23,7 @@ def clock():
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel"])
 def store_kind(request):
     return request.param
 
@@ -37,10 +37,26 @@ def store(store_kind, clock, request):
         server = request.getfixturevalue("contract_redis")
         server.client().flushall()
         s = RedisPresenceStore(connection_pool("", server.addr, "", 0, 4, 1.0), clock=clock)
+    elif store_kind in ("redis-cluster", "redis-sentinel"):
+        from imserver.cluster.redis_store import RedisPresenceStore
+        s = RedisPresenceStore(beyond_one_instance(store_kind, request), clock=clock)
     else:  # pragma: no cover - a new param needs its constructor here
         raise AssertionError(f"no constructor for store {store_kind}")
     yield s
     s.close()
+
+
+def beyond_one_instance(kind, request):
+    """A client of a real Redis Cluster or Sentinel-watched master, emptied first."""
+    from imserver.cluster.redis_store import redis_client
+    if kind == "redis-cluster":
+        group = request.getfixturevalue("contract_redis_cluster")
+        group.flushall()
+        return redis_client(cluster=group.seeds, pool_size=4)
+    group = request.getfixturevalue("contract_redis_sentinel")
+    group.current_master().client().flushall()
+    return redis_client(sentinels=group.sentinel_addrs, master_name=group.master_name,
+                        pool_size=4)
 
 
 @pytest.fixture

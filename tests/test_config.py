@@ -52,6 +52,9 @@ DEFAULTS = {
     "app.uploadDir": "uploads",
     "redis.addr": "",
     "redis.url": "",
+    "redis.cluster": (),
+    "redis.sentinels": (),
+    "redis.masterName": "",
     "redis.password": "",
     "redis.DB": 0,
     "redis.poolSize": 30,
@@ -113,6 +116,10 @@ ENV_CASES = {
     "app.uploadDir": ("/srv/imserver/uploads", "/srv/imserver/uploads", {}),
     "redis.addr": ("10.0.0.5:6379", "10.0.0.5:6379", {}),
     "redis.url": ("redis://10.0.0.5:6379/1", "redis://10.0.0.5:6379/1", {}),
+    "redis.cluster": ("10.0.0.5:7000,10.0.0.6:7000", ("10.0.0.5:7000", "10.0.0.6:7000"), {}),
+    "redis.sentinels": ("s1:26379, s2:26379", ("s1:26379", "s2:26379"),
+                        {"IMSERVER_REDIS_MASTERNAME": "mymaster"}),
+    "redis.masterName": ("mymaster", "mymaster", {"IMSERVER_REDIS_SENTINELS": "s1:26379"}),
     "redis.password": ("s3cret", "s3cret", {}),
     "redis.DB": ("3", 3, {}),
     "redis.poolSize": ("20", 20, {}),
@@ -611,3 +618,40 @@ def test_rpc_port_range_of_several_workers_must_fit(tmp_path):
     message = config_error(tmp_path, "app:\n  workers: 2\n  rpcPort: 65535\n"
                                      "redis:\n  addr: r:6379\n")
     assert message == "app.rpcPort + app.workers - 1 must be a port number <= 65535"
+
+
+# -- Redis beyond one instance -----------------------------------------------------------
+
+def test_redis_cluster_and_sentinels_take_lists_or_comma_separated_text():
+    from imserver.config import is_cluster, redis_mode
+    cfg = load_config(path=os.devnull, env={
+        "IMSERVER_REDIS_CLUSTER": "10.0.0.1:7000, 10.0.0.2:7000,redis-3:7000"})
+    assert cfg["redis.cluster"] == ("10.0.0.1:7000", "10.0.0.2:7000", "redis-3:7000")
+    assert is_cluster(cfg) and redis_mode(cfg) == "cluster"
+    cfg = load_config(path=os.devnull, env={"IMSERVER_REDIS_SENTINELS": "[s1:26379, s2:26379]",
+                                            "IMSERVER_REDIS_MASTERNAME": "mymaster"})
+    assert cfg["redis.sentinels"] == ("s1:26379", "s2:26379")
+    assert cfg["redis.masterName"] == "mymaster"
+    assert is_cluster(cfg) and redis_mode(cfg) == "sentinel"
+    cfg = load_config(path=os.devnull, env={},
+                      overrides={"redis.cluster": ["10.0.0.1:7000"], "app.workers": 2})
+    assert cfg["app.workers"] == 2  # a Cluster is cluster mode: workers are nodes
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"redis.addr": "r:6379", "redis.cluster": ["c:7000"]}, "redis.addr and redis.cluster"),
+    ({"redis.url": "redis://r", "redis.sentinels": ["s:26379"], "redis.masterName": "m"},
+     "redis.url and redis.sentinels"),
+    ({"redis.cluster": ["c:7000"], "redis.sentinels": ["s:26379"], "redis.masterName": "m"},
+     "redis.cluster and redis.sentinels"),
+    ({"redis.sentinels": ["s:26379"]}, "redis.sentinels needs redis.masterName"),
+    ({"redis.masterName": "m"}, "redis.masterName is set without redis.sentinels"),
+    ({"redis.cluster": ["c:7000"], "redis.DB": 2}, "redis.DB must be 0 with redis.cluster"),
+    ({"redis.cluster": ["c"]}, "redis.cluster must be a list of host:port"),
+    ({"redis.sentinels": ["s:99999"], "redis.masterName": "m"},
+     "redis.sentinels must be a list of host:port"),
+    ({"redis.cluster": [7000]}, "redis.cluster must be a list of host:port"),
+])
+def test_redis_store_keys_are_checked(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(path=os.devnull, env={}, overrides=overrides)

@@ -19,10 +19,17 @@ def redis_streams(server):
     return RedisStreamStore(BoundedRedis(connection_pool("", server.addr, "", 0, 8, 1.0), 1.0))
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel"])
 def streams(request):
     if request.param == "memory":
         return MemoryStreamStore()
+    if request.param in ("redis-cluster", "redis-sentinel"):
+        from imserver.cluster.redis_store import BoundedRedis
+        from imserver.cluster.redis_streams import RedisStreamStore
+        from test_cluster_contract import beyond_one_instance
+        # With replicas, appends wait for one (as a node on them does).
+        return RedisStreamStore(BoundedRedis(beyond_one_instance(request.param, request), 1.0),
+                                wait_replicas=1)
     server = request.getfixturevalue("contract_redis")
     server.client().flushall()
     return redis_streams(server)

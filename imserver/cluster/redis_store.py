@@ -15,7 +15,9 @@ from typing import Optional
 import gevent
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..metrics import REDIS_ERRORS
 from .base import MSG_ID_TTL, ONLINE_FRESH_SECONDS, USER_RECORD_TTL, PresenceStore, StoreError
@@ -67,6 +69,60 @@ def connection_pool(url: str, addr: str, password: str, db: int, pool_size: int,
                                         password=password or None, db=db, **options)
 
 
+class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The pool of a master found through Sentinels that, as the single-instance pool, waits
+    (up to its timeout) for a free connection instead of failing when all are taken."""
+
+
+def _host_port(text: str) -> "tuple[str, int]":
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def redis_client(url: str = "", addr: str = "", password: str = "", db: int = 0,
+                 pool_size: int = 30, timeout: float = 1.0, cluster=(), sentinels=(),
+                 master_name: str = ""):
+    """The client of the configured store through redis-py's own classes: one instance
+    (``url`` or ``addr``), a Redis Cluster (``cluster``: seed nodes ``host:port``) or the
+    master that ``sentinels`` watch under ``master_name``; each with the single-instance
+    pool's timeouts and pool size (with a Cluster: per master)."""
+    if cluster:
+        first, *rest = [_host_port(n) for n in cluster]
+        host = f"[{first[0]}]" if ":" in first[0] else first[0]
+        # Given as a URL, RedisCluster makes each master's pool of connection_pool_class:
+        # a blocking one, as for one instance.
+        return RedisCluster(url=f"redis://{host}:{first[1]}",
+                            startup_nodes=[ClusterNode(h, p) for h, p in rest],
+                            password=password or None, max_connections=pool_size,
+                            connection_pool_class=redis.BlockingConnectionPool, timeout=timeout,
+                            socket_timeout=timeout, socket_connect_timeout=timeout,
+                            retry=Retry(NoBackoff(), 1))
+    if sentinels:
+        sentinel = Sentinel([_host_port(s) for s in sentinels], socket_timeout=timeout,
+                            socket_connect_timeout=timeout)
+        client = sentinel.master_for(
+            master_name, connection_pool_class=BlockingSentinelConnectionPool,
+            password=password or None, db=db, max_connections=pool_size, timeout=timeout,
+            socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1), health_check_interval=30)
+        client.sentinel = sentinel
+        return client
+    return redis.Redis(connection_pool=connection_pool(url, addr, password, db, pool_size,
+                                                       timeout))
+
+
+def client_from_config(cfg: dict):
+    return redis_client(cfg["redis.url"], cfg["redis.addr"], cfg["redis.password"],
+                        cfg["redis.DB"], cfg["redis.poolSize"], cfg["redis.timeout"],
+                        cfg["redis.cluster"], cfg["redis.sentinels"], cfg["redis.masterName"])
+
+
+def _as_client(pool_or_client):
+    if isinstance(pool_or_client, redis.ConnectionPool):
+        return redis.Redis(connection_pool=pool_or_client)
+    return pool_or_client
+
+
 class LoopLag:
     """Tells whether this process's event loop was too busy to run greenlets on time (a
     burst of CPU work) during a span: a call that timed out then says nothing of Redis."""
@@ -105,8 +161,11 @@ class BoundedRedis:
     so that they share what they learn about it. A call that timed out while this
     process's own loop was stalled fails alone: Redis was not the one that was slow."""
 
-    def __init__(self, pool: redis.BlockingConnectionPool, timeout: float = 1.0):
-        self.redis = redis.Redis(connection_pool=pool)
+    def __init__(self, client, timeout: float = 1.0):
+        """``client``: a redis.Redis, a RedisCluster, a Sentinel's master_for client, or a
+        connection pool of one instance."""
+        self.redis = _as_client(client)
+        self.is_cluster = isinstance(self.redis, RedisCluster)
         self.timeout = timeout
         self._down_until = float("-inf")  # time.monotonic() until which calls fail at once
         self._down_reason = ""
@@ -145,13 +204,32 @@ class BoundedRedis:
     def _pool_taken(self) -> bool:
         """Every connection of the pool is in use: a call that waited for one says nothing
         of Redis itself (a burst of logins, not a silent Redis)."""
-        idle = getattr(self.redis.connection_pool, "pool", None)  # BlockingConnectionPool's
-        return idle is not None and idle.empty()
+        for pool in self.pools():
+            idle = getattr(pool, "pool", None)  # a blocking pool's queue of free connections
+            if idle is not None and idle.empty():
+                return True
+        return False
 
     def _busy(self) -> StoreError:
         REDIS_ERRORS.inc()
         return StoreError(f"redis: no pooled connection free within redis.timeout "
                           f"({self.timeout:g}s): redis.poolSize may be too small for this load")
+
+    def pools(self) -> list:
+        """The connection pools of the client: one, or each master's of a Cluster."""
+        if self.is_cluster:
+            return [node.redis_connection.connection_pool
+                    for node in self.redis.get_primaries() if node.redis_connection]
+        return [self.redis.connection_pool]
+
+    def close(self) -> None:
+        if self.is_cluster:
+            self.redis.close()
+            return
+        self.redis.connection_pool.disconnect()
+        sentinel = getattr(self.redis, "sentinel", None)
+        for client in getattr(sentinel, "sentinels", ()):
+            client.connection_pool.disconnect()
 
     def _unreachable(self, reason: str) -> StoreError:
         REDIS_ERRORS.inc()
@@ -161,13 +239,12 @@ class BoundedRedis:
 
 
 class RedisPresenceStore(PresenceStore):
-    def __init__(self, pool: redis.BlockingConnectionPool, timeout: float = 1.0,
-                 clock=time.time):
-        self.bounded = BoundedRedis(pool, timeout)
+    def __init__(self, client, timeout: float = 1.0, clock=time.time):
+        """``client``: as BoundedRedis takes it."""
+        self.bounded = BoundedRedis(client, timeout)
         self._redis = self.bounded.redis
         self._call = self.bounded.call
         self._clock = clock
-        self._logoff = self._redis.register_script(LOGOFF_SCRIPT)
 
     def ping(self) -> None:
         self._call(self._redis.ping)
@@ -175,16 +252,15 @@ class RedisPresenceStore(PresenceStore):
     def warm_up(self, count: int) -> None:
         """Open ``count`` pooled connections ahead of need (redis.minIdleConns); a store
         that is down now is not an error here."""
-        pool = self._redis.connection_pool
         taken = []
         try:
-            for _ in range(count):
-                conn = pool.get_connection()
-                taken.append(conn)
+            for pool in self.bounded.pools():
+                for _ in range(count):
+                    taken.append((pool, pool.get_connection()))
         except redis.RedisError:
             pass
         finally:
-            for conn in taken:
+            for pool, conn in taken:
                 pool.release(conn)
 
     def set_user(self, record: dict) -> None:
@@ -205,9 +281,10 @@ class RedisPresenceStore(PresenceStore):
                 pipe.hset(nodes, node, int(record["heartbeatTime"]))
                 pipe.expire(nodes, USER_RECORD_TTL)
             if record.get("isLogoff"):
-                self._logoff(keys=[key], args=[value, record["accIp"], str(record["accPort"]),
-                                               int(record["loginTime"]), USER_RECORD_TTL],
-                             client=pipe)
+                # EVAL, not a registered script: a Cluster's pipeline does not load scripts
+                # on the masters it reaches (logoffs are rare, the script short).
+                pipe.execute_command("EVAL", LOGOFF_SCRIPT, 1, key, value, record["accIp"],
+                          str(record["accPort"]), int(record["loginTime"]), USER_RECORD_TTL)
             else:
                 pipe.set(key, value, ex=USER_RECORD_TTL)
         self._call(pipe.execute)
@@ -267,4 +344,4 @@ class RedisPresenceStore(PresenceStore):
         return {a.decode(): int(n) for a, n in entries.items() if n.isdigit()}
 
     def close(self) -> None:
-        self._redis.connection_pool.disconnect()
+        self.bounded.close()

@@ -3,7 +3,14 @@
 (``acc:stream:{101:lobby}`` and ``acc:stream:{101:lobby}:meta``; an inbox also has ``…:acks``, its devices' cursors), so
 that the keys live in one slot of a Redis Cluster. One script per append assigns the offset, adds the
 entry, trims the stream to its size and renews the TTL; reads take entries and meta in
-one transaction."""
+one transaction.
+
+With replicas (Sentinel, Redis Cluster) an append is answered once a replica has it too
+(``WAIT`` on the connection that wrote it, up to a quarter of the store's timeout): a master
+that dies at once after taking a message does not take it along, as the replica it
+replicated to is the one a failover promotes. A master without a replica answering in time
+still takes the message (it cannot be lost to a failover that has no replica to promote)."""
+import gevent
 import redis
 
 from .base import StreamEntry, StreamSlice, StreamStore, new_epoch
@@ -62,24 +69,59 @@ def _keys(stream: str) -> "tuple[str, str]":
     return key, key + ":meta"
 
 
+def _fields(fields) -> dict:
+    # A Cluster's transaction answers an entry's fields as the flat list Redis sends.
+    return dict(zip(fields[::2], fields[1::2])) if isinstance(fields, list) else fields
+
+
 def _entries(raw) -> "list[StreamEntry]":
-    return [StreamEntry(int(entry_id.split(b"-", 1)[0]), fields[b"p"].decode("utf-8"))
+    return [StreamEntry(int(entry_id.split(b"-", 1)[0]), _fields(fields)[b"p"].decode("utf-8"))
             for entry_id, fields in raw]
 
 
 class RedisStreamStore(StreamStore):
-    def __init__(self, bounded: BoundedRedis):
+    def __init__(self, bounded: BoundedRedis, wait_replicas: int = 0):
+        """``wait_replicas``: replicas an append waits for (0: none, one instance)."""
         self._bounded = bounded
         self._redis: redis.Redis = bounded.redis
+        self._wait_replicas = wait_replicas
+        self._wait_ms = max(1, int(bounded.timeout * 250))
         self._append = self._redis.register_script(APPEND_SCRIPT)
         self._position = self._redis.register_script(POSITION_SCRIPT)
         self._cursor = self._redis.register_script(CURSOR_SCRIPT)
 
     def append(self, stream, payload, size, ttl):
-        offset, epoch = self._bounded.call(self._append, keys=list(_keys(stream)),
-                                           args=[payload, max(1, int(size)),
-                                                 max(1, int(ttl * 1000)), new_epoch()])
+        keys = list(_keys(stream))
+        args = [payload, max(1, int(size)), max(1, int(ttl * 1000)), new_epoch()]
+        if not self._wait_replicas:
+            offset, epoch = self._bounded.call(self._append, keys=keys, args=args)
+        else:
+            offset, epoch = self._append_replicated(keys, args)
         return int(offset), epoch.decode()
+
+    def _append_replicated(self, keys, args):
+        """The append and a WAIT on one connection: that of the master holding the keys."""
+        client = self._redis
+        if self._bounded.is_cluster:
+            client = self._redis.get_node_from_key(keys[0]).redis_connection
+        pipe = client.pipeline(transaction=False)
+        self._append(keys=keys, args=args, client=pipe)
+        pipe.wait(self._wait_replicas, self._wait_ms)
+        try:
+            return self._bounded.call(pipe.execute)[0]
+        except Exception:
+            if self._bounded.is_cluster:
+                # Past the Cluster client's own routing: a dead or demoted master here
+                # is news to it. Learn the masters again, off this call's time.
+                gevent.spawn(self._refresh_cluster)
+            raise
+
+    def _refresh_cluster(self) -> None:
+        with gevent.Timeout(self._bounded.timeout * 2, False):
+            try:
+                self._redis.nodes_manager.initialize()
+            except redis.RedisError:
+                pass
 
     def position(self, stream, ttl):
         top, epoch = self._bounded.call(self._position, keys=[_keys(stream)[1]],
