@@ -452,7 +452,8 @@ def test_a_short_disconnect_is_recovered(node, tmp_path):
     assert sorted(j["room"] for j in rejoins) == ["", facts["room"]], rejoins
     for join in rejoins:
         assert isinstance(join["since"]["epoch"], str) and join["since"]["epoch"]
-        assert join["since"]["offset"] >= 1
+        # A saw the named room's first line; the app room may have been quiet until then
+        assert join["since"]["offset"] >= (1 if join["room"] else 0), join
 
 
 def test_two_pages_talk_in_a_named_room(node, tmp_path):

@@ -1059,6 +1059,11 @@ def scenario_recovery(run, browser, http_url, out_dir):
     run.facts["typed_while_away"] = page_a.evaluate(JS_OWN, f"{name_a}: {typed}")
     run.facts["publishes_while_away"] = len([f for f in relay.cmds("publish")
                                              if f["data"].get("msg") == typed])
+    # A's reconnect waits out its backoff: let it be turned away once before it is let back
+    waited = 0
+    while relay.turned_away < 1 and waited < RECONNECT_WAIT_MS:
+        page_a.wait_for_timeout(100)
+        waited += 100
 
     run.step = "A is let back"
     relay.hold = False
