@@ -130,7 +130,7 @@ class LoopLag:
     def __init__(self, tick: float = LAG_TICK):
         self.tick = tick
         self._last = time.monotonic()
-        self._stalls: "list[tuple[float, float]]" = []  # (end, length) of recent stalls
+        self._stalls: "list[tuple[float, float]]" = []  # (end, how late) of recent late ticks
         self._ticker = None
 
     def _run(self) -> None:
@@ -138,8 +138,8 @@ class LoopLag:
             gevent.sleep(self.tick)
             now = time.monotonic()
             late = now - self._last - self.tick
-            if late > self.tick:
-                self._stalls = self._stalls[-7:] + [(now, late)]
+            if late > self.tick / 10:
+                self._stalls = self._stalls[-63:] + [(now, late)]
             self._last = now
 
     def start(self) -> None:
@@ -148,11 +148,12 @@ class LoopLag:
             self._ticker = gevent.spawn(self._run)
 
     def stalled(self, since: float, longer_than: float) -> bool:
-        """Was the loop stalled for more than ``longer_than`` seconds after ``since``
-        (or is it now, its tick overdue)?"""
-        if time.monotonic() - self._last - self.tick > longer_than:
-            return True
-        return any(end > since and length > longer_than for end, length in self._stalls)
+        """Was the loop late, in all, by more than ``longer_than`` seconds after ``since``
+        (one long stall, or many runnable greenlets making every turn slow), counting its
+        tick that is overdue now?"""
+        late = max(0.0, time.monotonic() - self._last - self.tick)
+        late += sum(length for end, length in self._stalls if end > since)
+        return late > longer_than
 
 
 class BoundedRedis:
