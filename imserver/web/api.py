@@ -18,9 +18,10 @@ bp.after_request(add_cors)
 # Routes that need the API key (auth.apiKey) when one is set; the lists only with
 # auth.protectLists. The chat page has no key: a login token of its user stands in for it
 # (Authorization: Bearer) where the page needs one.
-PUSH_ROUTES = {"api.send_message", "api.send_message_all", "rooms.publish", "rooms.history"}
+PUSH_ROUTES = {"api.send_message", "api.send_message_all", "rooms.publish", "rooms.history",
+               "uploads.upload"}
 LIST_ROUTES = {"api.user_list", "api.online", "rooms.users"}
-BEARER_ROUTES = {"api.send_message_all", "api.user_list"}
+BEARER_ROUTES = {"api.send_message_all", "api.user_list", "uploads.upload"}
 
 
 @bp.before_request
@@ -43,17 +44,28 @@ def preflight_and_key():
         return unauthorized(f"the Authorization token is refused: {refused}")
     if "X-API-Key" in request.headers:
         return unauthorized("the X-API-Key header does not hold a key of auth.apiKey")
+    if route in BEARER_ROUTES:
+        return unauthorized("send the key of auth.apiKey in the X-API-Key header, or a login "
+                            "token in Authorization: Bearer")
     return unauthorized("send the key of auth.apiKey in the X-API-Key header")
 
 
 def _bearer_refusal(auth, token: str, route: str) -> str:
     """"" when ``token`` is a login token of the sender (``userID``, ``appID``) of a
-    sendMessageAll, or of a member of the room (``appID``) of a user list; else why not."""
+    sendMessageAll, of a member of the room (``appID``) of a user list, or of any user of
+    an allowed appID for an upload; else why not."""
     if not auth.tokens_required:
         return "tokens need auth.secret to be set"
     claims, reason = auth.token_claims(token)
     if claims is None:
         return reason
+    if route == "uploads.upload":
+        user_id = claims.get("userID")
+        if not isinstance(user_id, str) or not user_id or "appID" not in claims:
+            return "token has no userID or appID claim"
+        if parse_app_id(claims.get("appID")) not in get_node().app_ids:
+            return "token is for an appID this server does not serve"
+        return ""
     p = params()
     app_id = parse_app_id(claims.get("appID"))
     if app_id is None or app_id != parse_app_id(p.get("appid")):

@@ -11,12 +11,10 @@ import re
 import secrets
 from typing import IO, Optional
 
-from flask import Blueprint, Flask, Response, current_app, request, send_file
+from flask import Blueprint, Flask, current_app, request, send_file
 
 from ..protocol import Code
-from ..protocol.envelope import parse_app_id
-from . import bodies
-from .extension import get_node
+from . import api, bodies
 from .responses import ApiError, add_cors, json_answer
 
 log = logging.getLogger("imserver.uploads")
@@ -113,47 +111,8 @@ def _settings() -> "tuple[str, int]":
 
 # -- authorisation -------------------------------------------------------------------------
 
-@bp.before_request
-def preflight_and_key():
-    """As the push API: open without auth.apiKey; with it, one of its keys in X-API-Key, or
-    a valid login token (Authorization: Bearer) of a user of an allowed appID."""
-    if request.method == "OPTIONS":
-        return Response(status=204)  # CORS headers are added by add_cors
-    if request.endpoint != UPLOAD_ENDPOINT:
-        return None
-    auth = get_node().auth
-    if not auth.api_key_required or auth.api_key_ok(request.headers.get("X-API-Key")):
-        return None
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        refused = _token_refusal(auth, token.strip())
-        if not refused:
-            return None
-        return _unauthorized(f"the Authorization token is refused: {refused}")
-    if "X-API-Key" in request.headers:
-        return _unauthorized("the X-API-Key header does not hold a key of auth.apiKey")
-    return _unauthorized("send the key of auth.apiKey in the X-API-Key header, or a login "
-                         "token in Authorization: Bearer")
-
-
-def _token_refusal(auth, token: str) -> str:
-    """"" for a login token the chat page would take: valid, with a userID and an allowed
-    appID; else why not (no secret or token in it)."""
-    if not auth.tokens_required:
-        return "tokens need auth.secret to be set"
-    claims, reason = auth.token_claims(token)
-    if claims is None:
-        return reason
-    user_id = claims.get("userID")
-    if not isinstance(user_id, str) or not user_id or "appID" not in claims:
-        return "token has no userID or appID claim"
-    if parse_app_id(claims.get("appID")) not in get_node().app_ids:
-        return "token is for an appID this server does not serve"
-    return ""
-
-
-def _unauthorized(detail: str) -> Response:
-    return json_answer(Code.UNAUTHORIZED, None, detail, status=401)
+# The key or a login token, as the push API (``api.preflight_and_key``, PUSH_ROUTES).
+bp.before_request(api.preflight_and_key)
 
 
 # -- routes --------------------------------------------------------------------------------
