@@ -8,7 +8,8 @@ from collections import Counter, defaultdict
 import gevent
 
 from ..coordinator import Workers
-from .servers import WORKER_MODULE, Ctx, Servers, loadavg, split
+from ..soak.cluster import RunContext
+from .servers import WORKER_MODULE, Servers, loadavg, split
 
 
 class Run:
@@ -17,7 +18,7 @@ class Run:
     def __init__(self, args, out_dir: str, meta: dict):
         self.a = args
         self.out = out_dir
-        self.ctx = Ctx(args)
+        self.ctx = RunContext(args, args.scenario)
         self.rng = self.ctx.rng
         self.run_id = "%s%04x" % (args.scenario[:2], random.getrandbits(16))
         self.servers = Servers(self.ctx, out_dir)

@@ -1,38 +1,20 @@
 """What a private or offline run starts and reads: its servers (one embedded node, or a Redis
 and two nodes), their CPU, memory and Redis figures."""
 import os
-import random
-import sys
-import time
 
 import redis
 
 from ..harness import low_ports
-from ..soak.cluster import Cluster, SoakNode
+from ..soak.cluster import Cluster, RunContext, SoakNode
 
 
 WORKER_MODULE = "imserver.bench.inbox.worker"
 
 
-class Ctx:
-    """What the soak's Cluster needs of a run: settings, randomness, a log."""
-
-    def __init__(self, args):
-        self.a = args
-        self.rng = random.Random(args.seed)
-        self.quiet = args.quiet
-        self.t0 = time.time()
-
-    def log(self, text: str) -> None:
-        if not self.quiet:
-            print(f"{self.a.scenario}: [{time.time() - self.t0:7.2f}s] {text}",
-                  file=sys.stderr, flush=True)
-
-
 class Servers:
     """One embedded node, or a redis-server and nodes A and B."""
 
-    def __init__(self, ctx: Ctx, out_dir: str):
+    def __init__(self, ctx: RunContext, out_dir: str):
         self.ctx = ctx
         self.out = out_dir
         a = ctx.a

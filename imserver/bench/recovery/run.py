@@ -14,7 +14,7 @@ from gevent.pool import Pool
 
 from ..client import percentiles
 from ..coordinator import HttpPool
-from ..soak.cluster import Cluster, redis_binary  # noqa: F401  (redis_binary: checked early)
+from ..soak.cluster import Cluster, RunContext, redis_binary  # noqa: F401  (redis_binary: checked early)
 from ..soak.context import Interrupted
 from .members import Member, RoomDriver, come_back, first_join, serve_until_closed
 from .options import NAME, check_args, default_max_seconds
@@ -25,26 +25,11 @@ BANNER = "recovery"
 PUBLISHER = "bench-publisher"
 
 
-class Ctx:
-    """What the soak's Cluster needs of a run: its settings, randomness and log."""
-
-    def __init__(self, args):
-        self.a = args
-        self.rng = random.Random(args.seed)
-        self.quiet = args.quiet
-        self.t0 = time.time()
-
-    def log(self, text: str) -> None:
-        if not self.quiet:
-            print(f"recovery: [{time.time() - self.t0:7.2f}s] {text}", file=sys.stderr,
-                  flush=True)
-
-
 class Recovery:
     def __init__(self, args, out_dir: str, meta: dict):
         self.a = args
         self.out = out_dir
-        self.ctx = Ctx(args)
+        self.ctx = RunContext(args, NAME)
         self.rng = self.ctx.rng
         self.run_id = "rc%04x" % random.getrandbits(16)
         app = {"drainWindow": args.drain_window, "maxConnections": 19000}

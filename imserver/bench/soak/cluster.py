@@ -2,7 +2,9 @@
 ports below the kernel's ephemeral range, so that a restarted process gets its port back."""
 import http.client
 import os
+import random
 import signal
+import sys
 import time
 
 import gevent
@@ -13,6 +15,23 @@ from ..harness import NodeServer, RedisServer, low_ports, node_config, redis_ser
 
 HTTP_ERRORS = (OSError, ValueError, http.client.HTTPException)
 BANNER = "soak"
+
+
+class RunContext:
+    """What a Cluster needs of a run outside the soak (recovery, private, offline): its
+    settings, randomness and a log whose lines start with the run's name."""
+
+    def __init__(self, args, name: str):
+        self.a = args
+        self.name = name
+        self.rng = random.Random(args.seed)
+        self.quiet = args.quiet
+        self.t0 = time.time()
+
+    def log(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{self.name}: [{time.time() - self.t0:7.2f}s] {text}", file=sys.stderr,
+                  flush=True)
 
 
 def redis_binary(given: str = "") -> str:
